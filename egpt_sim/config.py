@@ -1,0 +1,113 @@
+"""Scenario configuration: one frozen, validated dataclass per simulated scenario."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+STRATEGY_NAMES = (
+    "target_only",
+    "drafter_only",
+    "serial_sd",
+    "prefill_then_verify",
+    "parallel_sd",
+    "adaptive_budget",
+)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One scenario. Every time is in ms; token counts in tokens.
+
+    Parameters
+    ----------
+    strategy : name of a registered strategy (see :mod:`egpt_sim.strategies`).
+    output_tokens : tokens the request must emit (the target's answer length).
+    gamma : max drafts per verification pass; also the draft budget of the
+        parallel-prefill window.
+    n_gpus : 1 = drafter and target share one GPU (contention model applies);
+        >= 2 = drafter on its own GPU.
+    acceptance : ``"trace"`` (replay recorded verifications), a per-token rate
+        alpha in [0, 1] (i.i.d. prefix model), or a tuple of conditional
+        per-position rates.
+    n_requests : simulated requests (each with its own resampled times).
+    seed : root seed; request i uses ``SeedSequence(seed).spawn`` streams.
+    contention : ``"fitted"`` (from shared_gpu vs alone rows) or ``"none"``.
+    contention_scale : what-if multiplier on the excess slow-down (factor - 1).
+    drafter_speed : what-if speed-up of every drafter stage (times are divided).
+    include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
+    lookahead_blocks : parallel_sd drafts up to this many gamma-blocks ahead.
+    """
+
+    strategy: str = "prefill_then_verify"
+    output_tokens: int = 50
+    gamma: int = 8
+    n_gpus: int = 1
+    acceptance: Any = "trace"
+    n_requests: int = 200
+    seed: int = 0
+    contention: str = "fitted"
+    contention_scale: float = 1.0
+    drafter_speed: float = 1.0
+    include_cpu_stages: bool = True
+    lookahead_blocks: int = 2
+    label: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"SimConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.strategy not in STRATEGY_NAMES:
+            bad("strategy", f"unknown strategy; choose from {list(STRATEGY_NAMES)}")
+        if int(self.output_tokens) < 1:
+            bad("output_tokens", "must be >= 1")
+        if int(self.gamma) < 1:
+            bad("gamma", "must be >= 1")
+        if int(self.n_gpus) < 1:
+            bad("n_gpus", "must be >= 1")
+        if int(self.n_requests) < 1:
+            bad("n_requests", "must be >= 1 (a run with zero requests has nothing to report)")
+        if self.contention not in ("fitted", "none"):
+            bad("contention", "must be 'fitted' or 'none'")
+        if self.contention_scale < 0:
+            bad("contention_scale", "must be >= 0")
+        if self.drafter_speed <= 0:
+            bad("drafter_speed", "must be > 0")
+        if self.lookahead_blocks < 1:
+            bad("lookahead_blocks", "must be >= 1")
+        if isinstance(self.acceptance, list):
+            object.__setattr__(self, "acceptance", tuple(self.acceptance))
+        a = self.acceptance
+        if isinstance(a, (int, float)) and not 0.0 <= float(a) <= 1.0:
+            bad("acceptance", "a per-token rate must be in [0, 1]")
+
+    @property
+    def acceptance_label(self) -> str:
+        a = self.acceptance
+        if isinstance(a, str):
+            return a
+        if isinstance(a, tuple):
+            return "curve"
+        return f"{float(a):.3g}"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["acceptance"] = self.acceptance_label if not isinstance(self.acceptance, str) else self.acceptance
+        if isinstance(self.acceptance, (int, float)):
+            d["acceptance"] = float(self.acceptance)
+        return d
+
+    def replace(self, **changes: Any) -> "SimConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def factorial(base: SimConfig, factors: dict[str, Iterable[Any]]) -> list[SimConfig]:
+    """All combinations of ``factors`` applied to ``base`` (never mutates ``base``)."""
+    names = list(factors)
+    for n in names:
+        if n not in {f.name for f in dataclasses.fields(SimConfig)}:
+            raise ValueError(f"factorial: unknown SimConfig field {n!r}")
+    values: Sequence[Sequence[Any]] = [list(factors[n]) for n in names]
+    return [base.replace(**dict(zip(names, combo))) for combo in itertools.product(*values)]
