@@ -13,7 +13,9 @@ Token bookkeeping (positions 1..N of the answer):
   R: drafts for positions c+1..c+R match the target, position c+R+1 does not
   (``run_end = c + R``).
 * A target pass over k drafts accepts ``L = min(run_end - committed, k)`` and commits
-  L + 1 tokens. Afterwards the drafter keeps its lookahead only if it has drafted the
+  L + 1 tokens. The drafter's d1, when it equals the target's prefill token t1, counts
+  as accepted (it saves no pass), so ``window_accepted`` is the accepted prefix length
+  of the window's block, the same quantity as ``accepted_len`` in acceptance traces. Afterwards the drafter keeps its lookahead only if it has drafted the
   new last committed position and that draft matched; otherwise it re-synchronises
   (its in-flight step, if any, finishes on the GPU and is discarded).
 """
@@ -142,6 +144,9 @@ def target_prefill(ctx: RequestContext):
     s.target_prefilled = True
     s.target_prefill_end_ms = s.ttft_ms = ctx.env.now
     s.window_drafts = s.drafted
+    if s.drafter_pos >= 1 and s.run_end >= 1:  # d1 equals t1: counted as accepted (saves no pass)
+        s.accepted += 1
+        s.window_accepted = 1
     ctx.commit(0)
 
 
@@ -178,11 +183,11 @@ def target_pass(ctx: RequestContext, k: int):
     ms = ctx.draws.target_pass_ms(s.target_passes, k)
     s.target_passes += 1
     yield from stage(ctx, "target", "verify" if k else "decode_step", ms, tokens=k + 1 if k else 1)
-    first_verify = k > 0 and s.verify_passes == 0
+    first_pass_verify = k > 0 and s.target_passes == 1
     s.verify_passes += k > 0
     L = ctx.commit(k)
-    if first_verify and s.target_passes == 1:
-        s.window_accepted = L
+    if first_pass_verify:  # the window's block: accepted prefix = 1 (d1) + L
+        s.window_accepted += L
 
 
 def drafter(ctx: RequestContext, cap_tokens):
