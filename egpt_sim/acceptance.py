@@ -191,16 +191,15 @@ class TraceAcceptance:
         return np.minimum(out, RUN_CAP)
 
     def survival(self, gamma: int) -> np.ndarray:
+        """P(window run >= i), i = 0..gamma, weighted as ``runs`` draws: samples equally,
+        then the blocks of a sample equally; censored blocks continue geometrically."""
         A, G, n = self._pools[True]
-        valid = np.arange(A.shape[1])[None, :] < n[:, None]
-        runs = A[valid].astype(float)
-        cens = (A >= G)[valid]
-        # censored runs continue geometrically with the tail rate
-        out = []
-        for i in range(gamma + 1):
-            p = np.where(runs >= i, 1.0, np.where(cens, self.tail_alpha ** np.maximum(i - runs, 0), 0.0))
-            out.append(p.mean())
-        return np.array(out)
+        i = np.arange(gamma + 1)[None, None, :]
+        runs, cens = A[:, :, None], (A >= G)[:, :, None]
+        p = np.where(runs >= i, 1.0, np.where(cens, self.tail_alpha ** np.maximum(i - runs, 0), 0.0))
+        valid = (np.arange(A.shape[1])[None, :] < n[:, None])[:, :, None]
+        per_sample = (p * valid).sum(axis=1) / n[:, None]
+        return per_sample.mean(axis=0)
 
 
 def make_source(spec, traces=None) -> AcceptanceSource:

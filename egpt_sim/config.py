@@ -36,6 +36,8 @@ class SimConfig:
     seed : root seed; request i uses ``SeedSequence(seed).spawn`` streams.
     contention : ``"fitted"`` (from shared_gpu vs alone rows) or ``"none"``.
     contention_scale : what-if multiplier on the excess slow-down (factor - 1).
+    contention_concurrency : fit contention from shared-GPU rows measured with
+        ``streams`` (two threads, one process), ``processes``, or ``any``.
     drafter_speed : what-if speed-up of every drafter stage (times are divided).
     include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
     lookahead_blocks : parallel_sd drafts up to this many gamma-blocks ahead.
@@ -50,6 +52,7 @@ class SimConfig:
     seed: int = 0
     contention: str = "fitted"
     contention_scale: float = 1.0
+    contention_concurrency: str = "any"
     drafter_speed: float = 1.0
     include_cpu_stages: bool = True
     lookahead_blocks: int = 2
@@ -71,6 +74,8 @@ class SimConfig:
             bad("n_requests", "must be >= 1 (a run with zero requests has nothing to report)")
         if self.contention not in ("fitted", "none"):
             bad("contention", "must be 'fitted' or 'none'")
+        if self.contention_concurrency not in ("any", "streams", "processes"):
+            bad("contention_concurrency", "must be 'any', 'streams' or 'processes'")
         if self.contention_scale < 0:
             bad("contention_scale", "must be >= 0")
         if self.drafter_speed <= 0:
@@ -80,8 +85,16 @@ class SimConfig:
         if isinstance(self.acceptance, list):
             object.__setattr__(self, "acceptance", tuple(self.acceptance))
         a = self.acceptance
-        if isinstance(a, (int, float)) and not 0.0 <= float(a) <= 1.0:
+        if isinstance(a, str) and a != "trace":
+            try:
+                a = float(a)
+            except ValueError:
+                bad("acceptance", "must be 'trace', a per-token rate in [0, 1] or a tuple of rates")
+            object.__setattr__(self, "acceptance", a)
+        if isinstance(a, bool) or (isinstance(a, (int, float)) and not 0.0 <= float(a) <= 1.0):
             bad("acceptance", "a per-token rate must be in [0, 1]")
+        if isinstance(a, tuple) and (not a or any(not 0.0 <= float(x) <= 1.0 for x in a)):
+            bad("acceptance", "a curve needs conditional rates, each in [0, 1]")
 
     @property
     def acceptance_label(self) -> str:

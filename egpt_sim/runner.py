@@ -76,9 +76,9 @@ def contention_for(cfg: SimConfig, traces: TraceSet) -> ContentionModel:
     if cfg.contention == "none":
         return ContentionModel.none()
     if cfg.n_gpus == 1:
-        return traces.contention("shared_gpu").scaled(cfg.contention_scale)
+        return traces.contention("shared_gpu", cfg.contention_concurrency).scaled(cfg.contention_scale)
     try:
-        return traces.contention("separate_gpu").scaled(cfg.contention_scale)
+        return traces.contention("separate_gpu", cfg.contention_concurrency).scaled(cfg.contention_scale)
     except TraceError:
         return ContentionModel.none()
 

@@ -148,5 +148,6 @@ def _adaptive_window_budget(ctx: RequestContext) -> int:
     surv = plan["p_run_at_least"]
     # (the draft for position 1 comes free with the drafter's prefill; position p needs R >= p)
     worth = 1 + int(np.sum(surv[2 : ctx.cfg.gamma + 1] * plan["target_decode_ms"] >= cost_ms))
-    s.window_budget = max(1, min(ctx.cfg.gamma, time_budget, worth))
+    useful = max(1, ctx.cfg.output_tokens - 1)  # drafts past position N-1 are never verified
+    s.window_budget = max(1, min(ctx.cfg.gamma, time_budget, worth, useful))
     return s.window_budget

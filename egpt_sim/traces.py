@@ -201,13 +201,21 @@ class TraceSet:
         gam, med, _ = self.verify_curve
         return np.interp(k, gam, med)
 
-    def contention(self, placement: str = "shared_gpu") -> ContentionModel:
-        """Fit slow-down factors from ``placement`` rows with the peer busy vs ``alone``."""
-        key = ("contention", placement)
+    def contention(self, placement: str = "shared_gpu", concurrency: str = "any") -> ContentionModel:
+        """Fit slow-down factors from ``placement`` rows with the peer busy vs ``alone``.
+
+        ``concurrency`` selects how the two models shared the GPU in the measurement
+        (``streams``: two threads in one process; ``processes``) or ``any``. Threads
+        contend for the Python interpreter as well as the GPU, so the two differ a lot;
+        validate against an executor with the concurrency it actually used.
+        """
+        key = ("contention", placement, concurrency)
         if key in self._cache:
             return self._cache[key]
         r = self.ok_rows
         shared = r[(r["placement"] == placement) & r["peer_busy"]]
+        if concurrency != "any":
+            shared = shared[shared["concurrency"] == concurrency]
         factors: dict[tuple[str, str], float] = {}
         gpu_stages = ("vision_encode", "prefill", "decode_step", "verify")
         for role in schema.ROLES:
@@ -218,7 +226,8 @@ class TraceSet:
                     factors[(role, stage)] = max(1.0, float(np.median(s) / np.median(a)))
         if not factors and placement == "shared_gpu":
             raise TraceError(
-                f"{self.path}: column 'placement' has no 'shared_gpu' rows with peer_busy; "
+                f"{self.path}: column 'placement' has no 'shared_gpu' rows with peer_busy"
+                f"{'' if concurrency == 'any' else f' and concurrency {concurrency!r}'}; "
                 "cannot fit a one-GPU contention model (pass contention='none' to ignore contention)"
             )
         fallbacks = []
@@ -229,7 +238,8 @@ class TraceSet:
                 if (role, stage) not in factors:
                     factors[(role, stage)] = default
                     fallbacks.append((role, stage))
-        model = ContentionModel(factors, tuple(fallbacks), f"fitted from {placement} rows of {self.label}")
+        how = placement if concurrency == "any" else f"{placement}/{concurrency}"
+        model = ContentionModel(factors, tuple(fallbacks), f"fitted from {how} rows of {self.label}")
         self._cache[key] = model
         return model
 
