@@ -186,8 +186,8 @@ def target_pass(ctx: RequestContext, k: int):
     first_pass_verify = k > 0 and s.target_passes == 1
     s.verify_passes += k > 0
     L = ctx.commit(k)
-    if first_pass_verify:  # the window's block: accepted prefix = 1 (d1) + L, within the window
-        s.window_accepted = min(s.window_accepted + L, s.window_drafts)
+    if first_pass_verify and s.window_accepted == 1:  # d1 matched: add the window drafts accepted
+        s.window_accepted += min(L, s.window_drafts - 1)
 
 
 def drafter(ctx: RequestContext, cap_tokens):

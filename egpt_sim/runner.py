@@ -85,10 +85,12 @@ def contention_for(cfg: SimConfig, traces: TraceSet) -> ContentionModel:
 
 def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: ContentionModel) -> dict:
     """Expected (median) quantities a real scheduler could know in advance."""
-    phase = traces.prefill_phase_table
+    phase = traces.prefill_phase_table["target"]
     surv = source.survival(cfg.gamma)
     return {
-        "target_phase_ms": float(np.median(phase["target"].sum(axis=1))),
+        "target_cpu_ms": float(np.median(phase[:, :2].sum(axis=1))) if cfg.include_cpu_stages else 0.0,
+        "target_gpu_ms": float(np.median(phase[:, 2:].sum(axis=1))),
+        "target_phase_ms": float(np.median(phase.sum(axis=1))),  # legacy key (fast path)
         "drafter_step_ms": float(np.median(traces.decode_pool["drafter"])) / cfg.drafter_speed,
         "target_decode_ms": float(np.median(traces.decode_pool["target"])),
         "target_prefill_factor": contention.factor("target", "prefill"),

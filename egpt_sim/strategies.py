@@ -140,7 +140,7 @@ def _adaptive_window_budget(ctx: RequestContext) -> int:
     f_t = plan["target_prefill_factor"] if shared else 1.0
     f_d = plan["drafter_step_factor"] if shared else 1.0
     step_ms = plan["drafter_step_ms"] * f_d
-    remaining_ms = max(0.0, plan["target_phase_ms"] * f_t - ctx.env.now)
+    remaining_ms = max(0.0, plan["target_cpu_ms"] + plan["target_gpu_ms"] * f_t - ctx.env.now)
     time_budget = 1 + int(remaining_ms // step_ms) if step_ms > 0 else ctx.cfg.gamma
     # marginal rule: draft i saves P(run >= i) * target decode ms if accepted; on a
     # shared GPU it costs the target step_ms * (1 - 1 / f_t) of prefill progress.

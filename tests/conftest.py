@@ -1,0 +1,82 @@
+"""Shared, generic fixtures for the egpt_sim tests (torch-free).
+
+Fixtures (only add here, never rename — other test files use them):
+
+* ``example_traces``   the bundled seed-calibrated example trace set (session scope)
+* ``constant_times``   the fixed stage times of ``constant_traces`` (dict of kwargs for
+                       :func:`egpt_sim.closed_form.constant_trace_set`)
+* ``constant_traces``  an in-memory trace set with those CONSTANT times and fitted
+                       same-GPU factors (session scope)
+* ``make_acceptance``  builds a valid ACCEPTANCE frame from per-block match lists
+* ``example_trace_dir`` a writable copy of the example trace-set folder (tmp_path)
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+import egpt_sim as E
+from egpt_sim import closed_form
+from egpt_sim.traces import resolve_trace_set
+
+EXAMPLE_SET = "example/seed_calibrated"
+
+
+@pytest.fixture(scope="session")
+def example_traces() -> E.TraceSet:
+    return E.load_traces(EXAMPLE_SET)
+
+
+@pytest.fixture(scope="session")
+def constant_times() -> dict:
+    # integers / binary fractions: every sum in the simulator is exact in float64
+    return {
+        "target_phase_ms": (40.0, 32.0, 24.0, 512.0),   # T_t = 608 ms
+        "drafter_phase_ms": (2.0, 2.0, 4.0, 52.0),      # T_d = 60 ms
+        "target_decode_ms": 32.0,
+        "drafter_decode_ms": 20.0,                      # (608 - 60) / 20 = 27.4: no ties
+        "verify_ms_by_gamma": {1: 24.0, 2: 26.0, 4: 28.0, 8: 30.0, 16: 34.0},
+        "shared_factors": {("target", "prefill"): 1.5, ("target", "vision_encode"): 1.25,
+                           ("drafter", "decode_step"): 2.0, ("drafter", "prefill"): 1.5},
+    }
+
+
+@pytest.fixture(scope="session")
+def constant_traces(constant_times) -> E.TraceSet:
+    return closed_form.constant_trace_set(**constant_times, acceptance_alpha=0.5)
+
+
+@pytest.fixture
+def make_acceptance():
+    """``make_acceptance({(sample_id, verify_id): [True, False, ...]})`` -> ACCEPTANCE frame.
+
+    ``accepted_len`` follows the prefix rule (leading run of matches); every column of
+    the schema is filled.
+    """
+
+    def build(blocks: dict, run_id: str = "run") -> pd.DataFrame:
+        rows = []
+        for (sample_id, verify_id), matched in blocks.items():
+            gamma = len(matched)
+            acc_len = next((i for i, m in enumerate(matched) if not m), gamma)
+            for i, m in enumerate(matched):
+                tgt = 1000 + 10 * i
+                rows.append(dict(run_id=run_id, sample_id=sample_id, verify_id=int(verify_id), position=i,
+                                 gamma=gamma, draft_token=tgt if m else tgt + 1, target_token=tgt,
+                                 p_draft=0.5, p_target=0.5 if m else 0.01, matched=bool(m),
+                                 accept_prob=1.0 if m else 0.02, target_in_draft_top5=bool(m),
+                                 accepted_len=acc_len))
+        return pd.DataFrame(rows)
+
+    return build
+
+
+@pytest.fixture
+def example_trace_dir(tmp_path):
+    """A writable copy of the bundled example trace-set folder."""
+    dst = tmp_path / "example_copy"
+    shutil.copytree(resolve_trace_set(EXAMPLE_SET), dst)
+    return dst
