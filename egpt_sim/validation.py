@@ -66,7 +66,7 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
     rows = []
     for (n_gpus, sigma, strategy, n_tok, gamma), cell in res.groupby(keys, sort=True):
         ts = get(sigma)
-        cfg = SimConfig(strategy=strategy, output_tokens=int(n_tok), gamma=int(gamma), n_gpus=int(n_gpus),
+        cfg = SimConfig(strategy=strategy, output_tokens=int(n_tok), gamma=max(1, int(gamma)), n_gpus=int(n_gpus),
                         acceptance="trace" if ts.acceptance is not None else 0.0,
                         n_requests=n_predicted, seed=seed, **config)
         pred = simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests["latency_ms"].to_numpy()
@@ -91,3 +91,51 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
         "tost_equivalent_fraction": float(cells["tost_equivalent"].mean()),
     }
     return cells, overall
+
+
+def load_validation_dir(path: str | Path) -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
+    """Read a validation folder written by ``measure.validation_run``.
+
+    Returns the executor results (``n_gpus`` derived from ``placement``) and a function
+    sigma -> TraceSet holding the folder's stage timings with the acceptance rows of
+    that drafter perturbation (adapter ``none``). ``target_only`` rows carry no sigma
+    (they need no acceptance) and are predicted with the first sigma's trace set.
+    """
+    path = Path(path)
+    res_file = path / "executor_results.parquet"
+    if not res_file.exists():
+        raise TraceError(f"{res_file}: executor results file is missing")
+    results = pd.read_parquet(res_file)
+    if len(results) == 0:
+        raise TraceError(f"{res_file}: zero rows (nothing to validate)")
+    if "placement" in results.columns:
+        results["n_gpus"] = np.where(results["placement"] == "separate_gpu", 2, 1)
+    full = TraceSet.load(path)
+    if full.acceptance is None or "sigma" not in full.acceptance.columns:
+        raise TraceError(f"{path}: acceptance table with a 'sigma' column is required for validation")
+    acc = full.acceptance
+    if "adapter" in acc.columns:
+        acc = acc[acc["adapter"].astype(str) == "none"]
+    sigmas = sorted(s for s in results["sigma"].dropna().unique())
+    if not sigmas:
+        raise TraceError(f"{res_file}: column 'sigma' has no values (no speculative requests)")
+    results["sigma"] = results["sigma"].fillna(sigmas[0])
+    cache: dict[float, TraceSet] = {}
+
+    def traces_for(sigma: float) -> TraceSet:
+        if sigma not in cache:
+            sel = acc[np.isclose(acc["sigma"].astype(float), float(sigma))]
+            if sel.empty:
+                raise TraceError(f"{path}: no acceptance rows with sigma={sigma}")
+            cache[sigma] = TraceSet.from_frames(full.stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
+        return cache[sigma]
+
+    return results, traces_for
+
+
+def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "streams",
+                **config) -> tuple[pd.DataFrame, dict]:
+    """``compare`` for a validation folder; contention fitted from ``concurrency`` rows
+    (the executor runs the two models as two threads: ``streams``)."""
+    results, traces_for = load_validation_dir(path)
+    return compare(results, traces_for, n_predicted=n_predicted, contention_concurrency=concurrency, **config)
