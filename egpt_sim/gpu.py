@@ -8,7 +8,7 @@ it progresses at rate ``1 / contention_factor(role, stage)``; otherwise at rate 
 Whenever an activity starts or ends, the remaining work of every running activity is
 updated and its completion re-scheduled. Nothing is free: a draft step beside a
 prefill slows both by the fitted factors. On a GPU of its own (n_gpus >= 2) every
-activity runs at rate 1 (or at the fitted ``separate_gpu`` factor, if measured).
+activity runs at rate 1 (cross-GPU host effects are measured, not modelled).
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ class Gpu:
         self._rerate()
         while act.remaining_ms > _EPS_MS:
             act.changed = env.event()
-            yield env.timeout(act.remaining_ms / act.rate) | act.changed
+            done = env.timeout(act.remaining_ms / act.rate)
+            fired = yield done | act.changed
             self._advance()
+            if done in fired:  # its own completion fired: done, whatever rounding left
+                act.remaining_ms = 0.0
         self._active.remove(act)
         self._rerate()
         return env.now - start

@@ -27,11 +27,13 @@ DEFAULT_GRID = {
     "output_tokens": [5, 10, 20, 30, 50, 75, 100, 150, 200, 300],
     "acceptance": [round(i / 20, 2) for i in range(21)],
     "n_gpus": [1, 2],
+    "gamma": [4, 8],
 }
 
 
 def default_grid(base: SimConfig | None = None, **overrides: Sequence) -> list[SimConfig]:
-    """The default what-if grid (6 strategies x 10 lengths x 21 alphas x 2 GPU counts)."""
+    """The default what-if grid: 6 strategies x 10 lengths x 21 alphas x 2 GPU counts
+    x 2 gammas = 5,040 scenarios."""
     grid = dict(DEFAULT_GRID) | overrides
     return factorial(base or SimConfig(n_requests=500), grid)
 

@@ -1,0 +1,663 @@
+"""Markdown report of a trace set, and the analysis tables behind it and the notebooks.
+
+Covers: the seeds' report shape (5-stage table, prefill, tokens, memory, parallel
+execution, acceptance, key findings, implications) rebuilt from data:
+
+* every number comes from the trace set or from the simulator run on it; a trace set
+  with zero OK samples or a missing stage raises :class:`~egpt_sim.schema.TraceError`
+  instead of producing a report of zeros;
+* the overlap window and drafts verified come from *simulated* events (with the fitted
+  same-GPU contention on one GPU: drafting there is not free), not from
+  ``window x token rate`` arithmetic;
+* acceptance is reported three ways, always named: per-token match rate, mean accepted
+  prefix length, P(accepted length > i); "accepted tokens" is never drafts x rate;
+* every table and figure carries the trace set's provenance line.
+
+``python -m egpt_sim.report --traces NAME --out DIR`` writes ``DIR/report.md`` + PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import plots, schema
+from .acceptance import acceptance_by_position, acceptance_summary, expected_accepted_iid
+from .config import SimConfig
+from .runner import draw_bank, simulate
+from .schema import TraceError
+from .traces import DATA_DIR, PREFILL_PHASE_STAGES, TraceSet, resolve_trace_set
+
+REPORT_STAGES = ("load", "preprocess", "vision_encode", "prefill", "decode_step")
+SD_STRATEGIES = ("serial_sd", "prefill_then_verify", "parallel_sd", "adaptive_budget")
+STRATEGIES = ("target_only", "drafter_only", *SD_STRATEGIES)
+STAGE_NAMES = {"load": "Stage 1: Data loading", "preprocess": "Stage 2: Preprocessing",
+               "vision_encode": "Stage 3: Vision encoding", "prefill": "Stage 4: LLM prefill",
+               "decode_step": "Stage 5: LLM decode (per token)"}
+
+
+# --------------------------------------------------------------------------- trace tables
+
+
+def _alone_main(ts: TraceSet) -> pd.DataFrame:
+    """OK ``alone`` rows at each role's main frame count (the one most prefill samples used)."""
+    r = ts.ok_rows[ts.ok_rows["placement"] == "alone"]
+    main = main_frames(ts)
+    return r[r["frames"] == r["role"].map(main)]
+
+
+def main_frames(ts: TraceSet) -> dict[str, int]:
+    r = ts.ok_rows[(ts.ok_rows["placement"] == "alone") & (ts.ok_rows["stage"] == "prefill")]
+    return {role: int(g["frames"].mode().iloc[0]) for role, g in r.groupby("role")}
+
+
+def _stats(x: pd.Series) -> dict:
+    return {"n": int(len(x)), "median_ms": float(x.median()), "q25_ms": float(x.quantile(0.25)),
+            "q75_ms": float(x.quantile(0.75))}
+
+
+def stage_table(ts: TraceSet) -> pd.DataFrame:
+    """Median and IQR of each of the five stages per role (alone, main frame count).
+
+    Raises :class:`TraceError` naming the (role, stage) pairs with no OK rows.
+    """
+    r = _alone_main(ts)
+    frames = main_frames(ts)
+    rows, missing = [], []
+    for role in schema.ROLES:
+        for stage in REPORT_STAGES:
+            d = r[(r["role"] == role) & (r["stage"] == stage)]["duration_ms"]
+            if d.empty:
+                missing.append(f"{role}/{stage}")
+                continue
+            rows.append({"role": role, "stage": stage, "frames": frames.get(role, 0)} | _stats(d))
+    if missing:
+        raise TraceError(f"{ts.path}: column 'stage' has no OK 'alone' rows for {', '.join(missing)} "
+                         f"(the 5-stage report needs {', '.join(REPORT_STAGES)} for both roles)")
+    t = pd.DataFrame(rows)
+    return t.assign(iqr_ms=t["q75_ms"] - t["q25_ms"])
+
+
+def prefill_table(ts: TraceSet) -> pd.DataFrame:
+    """Per role: prefill phase (S1-S4 per-sample sum), LLM prefill, prompt length, tok/s."""
+    r = _alone_main(ts)
+    rows = []
+    for role in schema.ROLES:
+        d = r[(r["role"] == role) & r["stage"].isin(PREFILL_PHASE_STAGES)]
+        per = d.pivot_table(index=["run_id", "sample_id"], columns="stage", values="duration_ms", aggfunc="median")
+        per = per.dropna(subset=["prefill"])
+        pre = d[d["stage"] == "prefill"]
+        phase = per.sum(axis=1)
+        rows.append({
+            "role": role, "frames": main_frames(ts).get(role, 0), "n_samples": int(len(per)),
+            "phase_median_ms": float(phase.median()), "phase_iqr_ms": float(phase.quantile(0.75) - phase.quantile(0.25)),
+            "prefill_median_ms": float(pre["duration_ms"].median()),
+            "prompt_tokens": int(pre["prompt_tokens"].median()),
+            "prefill_tok_per_s": float((pre["prompt_tokens"] / pre["duration_ms"] * 1000.0).median()),
+        })
+    return pd.DataFrame(rows)
+
+
+def token_table(ts: TraceSet) -> pd.DataFrame:
+    """Per role: decode step ms (median, IQR), tokens/s, decode steps recorded per sample."""
+    r = _alone_main(ts)
+    rows = []
+    for role in schema.ROLES:
+        d = r[(r["role"] == role) & (r["stage"] == "decode_step")]
+        s = _stats(d["duration_ms"])
+        rows.append({
+            "role": role, "decode_median_ms": s["median_ms"], "decode_iqr_ms": s["q75_ms"] - s["q25_ms"],
+            "tok_per_s": 1000.0 / s["median_ms"] if s["median_ms"] > 0 else float("nan"),
+            "steps_per_sample": float(d.groupby(["run_id", "sample_id"]).size().mean()),
+            "kv_tokens_first_step": int(d[d["step"] == d["step"].min()]["kv_tokens"].median()),
+        })
+    return pd.DataFrame(rows)
+
+
+def verify_table(ts: TraceSet) -> pd.DataFrame | None:
+    """Target verify pass cost per gamma vs one decode step (None without verify rows)."""
+    r = _alone_main(ts)
+    v = r[(r["role"] == "target") & (r["stage"] == "verify")]
+    if v.empty:
+        return None
+    dec = float(r[(r["role"] == "target") & (r["stage"] == "decode_step")]["duration_ms"].median())
+    t = v.groupby("gamma")["duration_ms"].agg(["median", "size"]).reset_index()
+    return t.rename(columns={"median": "verify_median_ms", "size": "n"}).assign(vs_decode_step=lambda x: x["verify_median_ms"] / dec)
+
+
+def memory_table(ts: TraceSet) -> pd.DataFrame | None:
+    """Median KV-cache MB (``kv_bytes``) and peak MB (``peak_mem_mb``) of prefill rows, per
+    role; None when the trace set has neither column (or only missing values)."""
+    r = _alone_main(ts)
+    pre = r[r["stage"] == "prefill"]
+    cols = [c for c in ("kv_bytes", "peak_mem_mb") if c in pre.columns and pd.to_numeric(pre[c], errors="coerce").notna().any()]
+    if not cols:
+        return None
+    rows = []
+    for role, d in pre.groupby("role"):
+        row = {"role": role, "prompt_tokens": int(d["prompt_tokens"].median())}
+        if "kv_bytes" in cols:
+            row["kv_mb"] = float(pd.to_numeric(d["kv_bytes"], errors="coerce").median()) / 2**20
+        if "peak_mem_mb" in cols:
+            row["peak_mem_mb"] = float(pd.to_numeric(d["peak_mem_mb"], errors="coerce").median())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def frames_table(ts: TraceSet) -> pd.DataFrame:
+    """Token scaling: per (role, frames) median prompt tokens, LLM prefill and vision ms."""
+    r = ts.ok_rows[ts.ok_rows["placement"] == "alone"]
+    pre = r[r["stage"] == "prefill"].groupby(["role", "frames"]).agg(
+        n_samples=("sample_id", "nunique"), prompt_tokens=("prompt_tokens", "median"), prefill_ms=("duration_ms", "median"))
+    vis = r[r["stage"] == "vision_encode"].groupby(["role", "frames"])["duration_ms"].median().rename("vision_ms")
+    return pre.join(vis).reset_index()
+
+
+def contention_table(ts: TraceSet) -> pd.DataFrame | None:
+    """Fitted same-GPU slow-down factors, or None without ``shared_gpu`` rows."""
+    try:
+        return ts.contention("shared_gpu").table()
+    except TraceError:
+        return None
+
+
+def acceptance_rates(ts: TraceSet) -> pd.DataFrame | None:
+    """The three acceptance numbers for all verifications, the window block (verify 0)
+    and later blocks; plus what the i.i.d. prefix model and the seeds' drafts x rate
+    arithmetic would say at the same per-token rate. None without an acceptance table."""
+    a = ts.acceptance
+    if a is None:
+        return None
+    groups = [("all verifications", a), ("window block (verify 0)", a[a["verify_id"] == 0]),
+              ("later blocks", a[a["verify_id"] > 0])]
+    rows = []
+    for name, d in groups:
+        if d.empty or (name == "window block (verify 0)" and len(d) == len(a)):
+            continue
+        s = acceptance_summary(d)
+        gam = d.groupby(["run_id", "sample_id", "verify_id"])["gamma"].first()
+        s["iid_prefix_expected"] = float(np.mean([expected_accepted_iid(s["per_token_match_rate"], int(g)) for g in gam]))
+        s["seeds_drafts_x_rate"] = s["mean_gamma"] * s["per_token_match_rate"]
+        rows.append({"group": name} | s)
+    return pd.DataFrame(rows)
+
+
+def headline_numbers(ts: TraceSet) -> dict:
+    """Headline numbers of a trace set (for notebook scraps and the report's findings)."""
+    st, pf, tok = stage_table(ts), prefill_table(ts).set_index("role"), token_table(ts).set_index("role")
+    out = {"n_samples": int(ts.ok_rows["sample_id"].nunique()), "provenance": ts.provenance()}
+    for role in schema.ROLES:
+        out[f"{role}_phase_ms"] = float(pf.loc[role, "phase_median_ms"])
+        out[f"{role}_prefill_ms"] = float(pf.loc[role, "prefill_median_ms"])
+        out[f"{role}_prompt_tokens"] = int(pf.loc[role, "prompt_tokens"])
+        out[f"{role}_decode_ms"] = float(tok.loc[role, "decode_median_ms"])
+    out["prefill_phase_ratio"] = out["target_phase_ms"] / out["drafter_phase_ms"]
+    out["n_stage_rows"] = int(st["n"].sum())
+    if ts.acceptance is not None:
+        s = acceptance_summary(ts.acceptance)
+        out |= {k: s[k] for k in ("per_token_match_rate", "mean_accepted_prefix_len", "mean_gamma", "n_verifications")}
+    return out
+
+
+# --------------------------------------------------------------------------- simulations
+
+
+def default_acceptance(ts: TraceSet):
+    """'trace' when the set records acceptance, else 0.0 (no draft accepted: a lower bound)."""
+    return "trace" if ts.acceptance is not None else 0.0
+
+
+def gpu_counts(ts: TraceSet, n_gpus: Sequence[int]) -> list[int]:
+    """``n_gpus`` without 1 when no same-GPU contention was measured (it cannot be simulated)."""
+    return [g for g in n_gpus if g != 1 or contention_table(ts) is not None]
+
+
+def strategy_table(ts: TraceSet, output_tokens: int = 50, gamma: int = 8, n_gpus: Sequence[int] = (1, 2),
+                   strategies: Sequence[str] = STRATEGIES, acceptance=None, n_requests: int = 200,
+                   seed: int = 0, **config) -> pd.DataFrame:
+    """Simulate every (GPU count, strategy) on one set of draws; one summary row each,
+    plus the simulated prefill ends and overlap window (target - drafter prefill end)."""
+    acceptance = default_acceptance(ts) if acceptance is None else acceptance
+    base = SimConfig(output_tokens=output_tokens, gamma=gamma, acceptance=acceptance, n_requests=n_requests,
+                     seed=seed, **config)
+    bank = draw_bank(base, ts)
+    rows = []
+    for g in n_gpus:
+        for s in strategies:
+            res = simulate(base.replace(strategy=s, n_gpus=g), ts, bank=bank)
+            req = res.requests
+            rows.append({"n_gpus": g, "strategy": s, "output_tokens": output_tokens, "gamma": gamma,
+                         "acceptance": base.acceptance_label} | res.summary() | {
+                "drafter_prefill_end_ms": float(req["drafter_prefill_end_ms"].mean()),
+                "target_prefill_end_ms": float(req["target_prefill_end_ms"].mean()),
+                "overlap_window_ms": float((req["target_prefill_end_ms"] - req["drafter_prefill_end_ms"]).mean()),
+            })
+    return pd.DataFrame(rows)
+
+
+def timeline_frame(ts: TraceSet, strategies: Sequence[str] = ("target_only", "prefill_then_verify", "parallel_sd"),
+                   n_gpus: int = 1, output_tokens: int = 30, gamma: int = 8, acceptance=None, seed: int = 0) -> pd.DataFrame:
+    """Simulated events of request 0 under each strategy (same draws), with a ``strategy`` column."""
+    acceptance = default_acceptance(ts) if acceptance is None else acceptance
+    frames = []
+    for s in strategies:
+        cfg = SimConfig(strategy=s, n_gpus=n_gpus, output_tokens=output_tokens, gamma=gamma, acceptance=acceptance,
+                        n_requests=1, seed=seed)
+        frames.append(simulate(cfg, ts, timeline=True).timeline.assign(strategy=s))
+    return pd.concat(frames, ignore_index=True)
+
+
+def speedup_sweep(ts: TraceSet, strategies: Sequence[str] = SD_STRATEGIES, output_tokens: Sequence[int] = (10, 50, 100),
+                  acceptance: Sequence = (0.0, 0.5, 1.0), n_gpus: Sequence[int] = (1, 2), n_requests: int = 100,
+                  **config) -> pd.DataFrame:
+    """Sweep strategies x output lengths x acceptance x GPU counts (target_only always
+    included, as the baseline candidate of the best-strategy map)."""
+    from .sweep import default_grid, run_sweep
+
+    strategies = list(dict.fromkeys(["target_only", *strategies]))
+    cfgs = default_grid(SimConfig(n_requests=n_requests, **config), strategy=strategies,
+                        output_tokens=list(output_tokens), acceptance=list(acceptance), n_gpus=list(n_gpus))
+    return run_sweep(cfgs, ts, progress=False)
+
+
+def sensitivity_sweep(ts: TraceSet, factor: str, values: Sequence[float], strategies: Sequence[str] = SD_STRATEGIES,
+                      n_gpus: Sequence[int] = (1, 2), n_requests: int = 100, **config) -> pd.DataFrame:
+    """Speedup vs one what-if factor (``drafter_speed`` or ``contention_scale``)."""
+    from .config import factorial
+    from .sweep import run_sweep
+
+    if factor not in ("drafter_speed", "contention_scale"):
+        raise ValueError(f"sensitivity_sweep: factor must be drafter_speed or contention_scale, got {factor!r}")
+    base = SimConfig(n_requests=n_requests, **config)
+    return run_sweep(factorial(base, {factor: list(values), "strategy": list(strategies), "n_gpus": list(n_gpus)}),
+                     ts, progress=False)
+
+
+def break_even_table(sweep: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """Per (strategy, GPU count, output length): the lowest swept alpha whose speedup is
+    strictly above ``threshold`` (NaN: never, on this grid) and the best speedup seen."""
+    d = sweep[sweep["strategy"] != "target_only"]
+    if d.empty:
+        raise ValueError("break_even_table: the sweep has no strategy other than target_only")
+    rows = []
+    for (s, g, n), e in d.groupby(["strategy", "n_gpus", "output_tokens"]):
+        faster = e[e["speedup_of_means"] > threshold]["acceptance"].astype(float)
+        rows.append({"strategy": s, "n_gpus": g, "output_tokens": n,
+                     "break_even_alpha": float(faster.min()) if len(faster) else float("nan"),
+                     "max_speedup": float(e["speedup_of_means"].max())})
+    return pd.DataFrame(rows)
+
+
+def curve_requirements(ts: TraceSet, target_speedup: float, output_tokens: Sequence[int], n_gpus: Sequence[int],
+                       **kw) -> pd.DataFrame | None:
+    """Minimum scale of the *measured* per-position conditional curve reaching
+    ``target_speedup`` (``planning.required_acceptance_table`` with ``curve``); None
+    without an acceptance table."""
+    from .planning import required_acceptance_table, trace_curve
+
+    if ts.acceptance is None:
+        return None
+    return required_acceptance_table(ts, target_speedup, output_tokens, n_gpus, curve=trace_curve(ts), **kw)
+
+
+def optional_trace_set(name: str | Path | None, bundled: str) -> TraceSet | None:
+    """``name`` loaded, else the bundled set ``bundled`` when it exists, else None."""
+    if name is not None:
+        return TraceSet.load(resolve_trace_set(name))
+    from .traces import bundled_trace_sets
+
+    path = bundled_trace_sets().get(bundled)
+    return TraceSet.load(path) if path is not None else None
+
+
+def serving_latency_vs_load(ts: TraceSet, rates_rps: Sequence[float], n_gpus: int = 2, n_requests: int = 200,
+                            strategy: str = "parallel_sd", acceptance=0.7, **config) -> pd.DataFrame | None:
+    """Latency vs offered load for target_only, colocated and split serving of ``strategy``
+    (:mod:`egpt_sim.serving`); None when the serving layer is not available."""
+    try:
+        from .serving import ServingConfig
+        from .serving_sweep import latency_vs_load
+    except ImportError:
+        return None
+    base = ServingConfig(n_gpus=n_gpus, n_requests=n_requests, acceptance=acceptance, **config)
+    variants = ["target_only", {"policy": "colocated", "strategy": strategy}]
+    if n_gpus > base.drafter_gpus:
+        variants.append({"policy": "split", "strategy": strategy})
+    return latency_vs_load(base, rates_rps, variants=variants, n_gpus=[n_gpus], traces_path=ts.path, workers=1)
+
+
+@dataclass
+class ValidationData:
+    """Outcome of :func:`load_validation`: ``available`` False comes with the reason."""
+
+    available: bool
+    message: str
+    cells: pd.DataFrame | None = None
+    overall: dict = field(default_factory=dict)
+    caption: str = ""
+
+
+def load_validation(validation_dir: str | Path | None = None) -> ValidationData:
+    """Simulator vs measured cells via ``egpt_sim.validation.compare(validation_dir)``.
+
+    ``None`` = the bundled ``h100/validation`` set. A missing folder, a missing module
+    or a compare() that does not take a folder gives ``available=False`` and a
+    "no validation data" message instead of an error.
+    """
+    folder = Path(validation_dir) if validation_dir is not None else DATA_DIR / "h100" / "validation"
+    if not folder.is_dir():
+        return ValidationData(False, f"no validation data: folder {folder} does not exist")
+    try:
+        from . import validation
+    except ImportError as exc:
+        return ValidationData(False, f"no validation data: egpt_sim.validation is not available ({exc})")
+    try:
+        cells, overall = validation.compare(folder)
+    except TypeError as exc:
+        return ValidationData(False, f"no validation data: validation.compare(folder) is not available ({exc})")
+    if cells is None or len(cells) == 0:
+        return ValidationData(False, f"no validation data: {folder} gave zero comparison cells")
+    msg = (f"{len(cells)} validation cells from {folder}: median |error| {overall.get('median_abs_error_pct', float('nan')):.1f} %, "
+           f"p90 {overall.get('p90_abs_error_pct', float('nan')):.1f} %, "
+           f"TOST-equivalent fraction {overall.get('tost_equivalent_fraction', float('nan')):.2f}")
+    try:
+        caption = f"validation: {TraceSet.load(folder).provenance()}"
+    except TraceError:
+        caption = f"validation data: {folder}"
+    return ValidationData(True, msg, cells, dict(overall), caption)
+
+
+def records(df: pd.DataFrame | None) -> list[dict]:
+    """JSON-safe rows (NaN -> None, numpy scalars -> Python) for ``scrapbook.glue``
+    (which cannot record None: no frame gives an empty list)."""
+    if df is None:
+        return []
+    clean = df.astype(object).where(df.notna(), None)
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in clean.to_dict("records")]
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    """A GitHub markdown table (no tabulate dependency)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "NaN" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, *body])
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' if n > 1 else ''}"
+
+
+def _pm(median: float, iqr: float) -> str:
+    return f"{median:.1f} ± {iqr:.1f} ms"
+
+
+class _Report:
+    """Accumulates markdown + figures; every table/figure gets the provenance line."""
+
+    def __init__(self, out: Path, prov: str):
+        self.out, self.prov, self.lines = out, prov, []
+        self.figures: list[str] = []
+
+    def add(self, *text: str):
+        self.lines.extend(text)
+
+    def table(self, df: pd.DataFrame, floatfmt: str = ".2f"):
+        self.add(md_table(df, floatfmt), "", f"*Source: {self.prov}*", "")
+
+    def figure(self, fig, name: str, alt: str):
+        plots.save(fig, self.out, name)
+        self.figures.append(f"{name}.png")
+        self.add(f"![{alt}]({name}.png)", "", f"*Figure: {alt}. Source: {self.prov}*", "")
+
+
+def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, output_tokens: int = 50, gamma: int = 8,
+                 n_gpus: Sequence[int] = (1, 2), strategies: Sequence[str] = STRATEGIES, n_requests: int = 200,
+                 seed: int = 0, target_speedup: float = 1.2, plan: bool = True, seed_scenarios: bool = True,
+                 plan_tol: float = 0.01) -> Path:
+    """Write ``out_dir/report.md`` plus PNG figures for a trace set; returns the report path.
+
+    Raises :class:`TraceError` for a trace set with zero OK samples or a missing stage.
+    """
+    ts = traces if isinstance(traces, TraceSet) else TraceSet.load(resolve_trace_set(traces))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = ts.provenance()
+    st, pf, tok = stage_table(ts), prefill_table(ts), token_table(ts)  # raise before writing anything
+    head = headline_numbers(ts)
+    gpus = gpu_counts(ts, n_gpus)
+    strategies = list(dict.fromkeys(["target_only", *strategies]))
+    acceptance = default_acceptance(ts)
+    sims = strategy_table(ts, output_tokens, gamma, gpus, strategies, acceptance, n_requests, seed)
+    R = _Report(out, prov)
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    R.add(f"# Parallel-prefill speculative decoding report: {ts.label}", "")
+    if "measured" not in ts.source.split(", "):
+        R.add(f"> **Not measured on this project's hardware** (source: {ts.source}). Numbers below are "
+              "computed from this trace set, so they are only as real as its inputs.", "")
+    n_failed = int((ts.stage_timings["status"] != "ok").sum())
+    acc_desc = ("replay of the recorded verifications" if acceptance == "trace"
+                else "alpha = 0 (no acceptance recorded: a lower bound)")
+    R.add(f"**Trace set:** `{ts.path}`  ", f"**Provenance:** {prov}  ",
+          f"**Samples:** {head['n_samples']} OK samples ({n_failed} failed rows ignored)  ",
+          f"**Scenario simulated:** {output_tokens} output tokens, gamma = {gamma}, {n_requests} requests per "
+          f"scenario, seed {seed}, acceptance = {acc_desc}; GPU counts {gpus}  ",
+          f"**Generated:** {now} by `python -m egpt_sim.report`", "")
+
+    ptv = sims[sims["strategy"] == "prefill_then_verify"].set_index("n_gpus")
+    sd = sims[~sims["strategy"].isin(["target_only", "drafter_only"])]
+    best = sd.loc[sd.groupby("n_gpus")["latency_mean_ms"].idxmin()].set_index("n_gpus")
+    rates = acceptance_rates(ts)
+    R.add("## Executive summary", "")
+    summary = [("Prefill phase S1-S4, target / drafter (median)",
+                f"{head['target_phase_ms']:.1f} / {head['drafter_phase_ms']:.1f} ms ({head['prefill_phase_ratio']:.2f}x)")]
+    for g in gpus:
+        if g in ptv.index:
+            p = ptv.loc[g]
+            summary.append((f"Overlap window, {_gpus(g)} (simulated, mean)", f"{p['overlap_window_ms']:.1f} ms"))
+            summary.append((f"Drafts verified from the window / accepted, prefill_then_verify, {_gpus(g)}",
+                            f"{p['window_drafts_mean_tokens']:.2f} / {p['window_accepted_mean_tokens']:.2f} tokens"))
+    if rates is not None:
+        a = rates.iloc[0]
+        summary += [("Per-token match rate", f"{a['per_token_match_rate']:.3f}"),
+                    ("Mean accepted prefix length", f"{a['mean_accepted_prefix_len']:.2f} of {a['mean_gamma']:.0f} drafts")]
+    for g, b in best.iterrows():
+        summary.append((f"Best SD strategy at {output_tokens} tokens, {_gpus(g)}", f"{b['strategy']}: {b['speedup_of_means']:.3f}x"))
+    R.table(pd.DataFrame(summary, columns=["Metric", "Value"]))
+
+    R.add("## 5-stage timing comparison", "",
+          "Median ± interquartile range over OK samples, each model running alone on its GPU "
+          f"(drafter {main_frames(ts).get('drafter')} frame(s), target {main_frames(ts).get('target')} frame(s)).", "")
+    s = st.set_index(["role", "stage"])
+    rows = []
+    for stage in REPORT_STAGES:
+        d, t = s.loc[("drafter", stage)], s.loc[("target", stage)]
+        ratio = t["median_ms"] / d["median_ms"] if d["median_ms"] > 0 else float("nan")
+        rows.append([STAGE_NAMES[stage], _pm(d["median_ms"], d["iqr_ms"]), _pm(t["median_ms"], t["iqr_ms"]), f"{ratio:.2f}x"])
+    p = pf.set_index("role")
+    rows.append(["**Prefill phase S1-S4 (per-sample sum)**", _pm(p.loc["drafter", "phase_median_ms"], p.loc["drafter", "phase_iqr_ms"]),
+                 _pm(p.loc["target", "phase_median_ms"], p.loc["target", "phase_iqr_ms"]), f"{head['prefill_phase_ratio']:.2f}x"])
+    R.table(pd.DataFrame(rows, columns=["Stage", "EventGPT (drafter)", "Video-LLaVA (target)", "target / drafter"]))
+    R.figure(plots.plot_stage_timings(st, caption=prov), "stages", "stage timings per role (median, IQR)")
+
+    R.add("## Prefill comparison", "")
+    R.table(pd.DataFrame([[r.role, r.frames, f"{r.phase_median_ms:.1f} ms", f"{r.prefill_median_ms:.1f} ms",
+                           f"{r.prompt_tokens} tokens", f"{r.prefill_tok_per_s:,.0f} tok/s"] for r in pf.itertuples()],
+                         columns=["Model", "Frames", "Prefill complete (S1-S4)", "LLM prefill (S4)", "Prefill length", "Prefill throughput"]))
+    ft = frames_table(ts)
+    if ft.groupby("role")["frames"].nunique().max() > 1:
+        R.add("### Token scaling over frames", "")
+        R.table(ft, ".1f")
+        R.figure(plots.plot_prefill_scaling(ft, caption=prov), "prefill_scaling", "prefill length and time vs frames")
+    else:
+        R.add("One frame count per role in this trace set; token scaling over frames needs a frames sweep "
+              "(`python -m measure stages --frames 1,4,8,16,32`).", "")
+
+    R.add("## Token generation statistics", "")
+    R.table(pd.DataFrame([[r.role, _pm(r.decode_median_ms, r.decode_iqr_ms), f"{r.tok_per_s:.1f}",
+                           f"{r.steps_per_sample:.1f}", r.kv_tokens_first_step] for r in tok.itertuples()],
+                         columns=["Model", "Decode per token", "Tokens/s", "Decode steps recorded per sample", "KV tokens at first step"]))
+    vt = verify_table(ts)
+    if vt is not None:
+        R.add("Verification is one target forward pass over the gamma drafts (priced per gamma, not gamma decode steps):", "")
+        R.table(vt)
+
+    R.add("## GPU memory", "")
+    mem = memory_table(ts)
+    if mem is None:
+        R.add("Not recorded in this trace set (no `kv_bytes` / `peak_mem_mb` values on prefill rows).", "")
+    else:
+        R.table(mem, ".1f")
+        R.figure(plots.plot_memory(mem, caption=prov), "memory", "KV cache and peak memory per role")
+
+    R.add("## Same-GPU contention", "")
+    ct = contention_table(ts)
+    if ct is None:
+        R.add("No `shared_gpu` rows: contention could not be fitted, so one-GPU scenarios are not simulated.", "")
+    else:
+        R.add("Factor = median duration with the peer model busy on the same GPU / median alone. On one GPU the "
+              "simulator slows both models by these factors while they overlap: drafting in the window is not free.", "")
+        R.table(ct)
+        R.figure(plots.plot_contention(ct, caption=prov), "contention", "same-GPU contention factors")
+
+    R.add("## Parallel execution analysis", "",
+          "From **simulated events** (SimPy replay of the traces, same draws for every strategy), not from "
+          "window x token-rate arithmetic. Overlap window = target prefill end - drafter prefill end.", "")
+    par = sims[sims["strategy"].isin(["prefill_then_verify", "parallel_sd", "adaptive_budget"])]
+    R.table(par[["n_gpus", "strategy", "drafter_prefill_end_ms", "target_prefill_end_ms", "overlap_window_ms",
+                 "window_drafts_mean_tokens", "window_accepted_mean_tokens", "ttft_mean_ms", "latency_mean_ms",
+                 "baseline_mean_ms", "speedup_of_means"]], ".2f")
+    for g in gpus:
+        tl = timeline_frame(ts, n_gpus=g, output_tokens=min(output_tokens, 30), gamma=gamma, acceptance=acceptance, seed=seed)
+        R.figure(plots.plot_gantt(tl, title=f"Simulated request 0, {min(output_tokens, 30)} tokens, {_gpus(g)}, acceptance {acceptance}",
+                                  caption=prov), f"timeline_{g}gpu", f"simulated timeline of one request, {_gpus(g)}")
+
+    R.add("## Acceptance (three named numbers)", "")
+    if rates is None:
+        R.add("No acceptance table in this trace set; simulations use alpha = 0 (no draft accepted).", "")
+    else:
+        R.add("* **per-token match rate**: fraction of draft positions whose token equals the target's (all positions);",
+              "* **mean accepted prefix length**: tokens accepted per verification, up to the first mismatch;",
+              "* **P(accepted length > i)**: per position i (0-based).", "")
+        R.table(rates[["group", "n_verifications", "mean_gamma", "per_token_match_rate", "mean_accepted_prefix_len",
+                       "iid_prefix_expected", "seeds_drafts_x_rate"]], ".3f")
+        bp = acceptance_by_position(ts.acceptance)
+        shown = bp[bp["p_accept_len_gt"].shift(1, fill_value=1.0) > 0].head(16)  # up to the first P = 0
+        R.table(shown.assign(i=lambda x: x["position"] - 1)[["i", "per_token_match_rate", "conditional_accept_rate",
+                                                                  "p_accept_len_gt", "n_blocks"]]
+                .rename(columns={"p_accept_len_gt": "P(accepted length > i)"}), ".3f")
+        alpha = float(rates.iloc[0]["per_token_match_rate"])
+        R.figure(plots.plot_acceptance_curves(bp, alpha, caption=prov), "acceptance_curves", "per-position acceptance vs i.i.d. model")
+        R.figure(plots.plot_prefix_lengths(ts.acceptance_blocks(), alpha, caption=prov), "prefix_lengths", "accepted prefix length distribution")
+        R.figure(plots.plot_rate_comparison(rates, caption=prov), "acceptance_rates", "per-token vs prefix acceptance")
+
+    R.add("## Key findings", "")
+    for i, f in enumerate(_findings(head, pf, tok, sims, ct, rates, output_tokens), 1):
+        R.add(f"{i}. {f}")
+    R.add("")
+
+    R.add("## Implications for speculative decoding", "",
+          f"Simulated speedup vs `target_only` (ratio of mean latencies on the same draws), {output_tokens} output tokens, "
+          f"gamma = {gamma}, acceptance = {acc_desc}:", "")
+    R.table(sims[["n_gpus", "strategy", "latency_mean_ms", "latency_p90_ms", "ttft_mean_ms", "accepted_mean_tokens",
+                  "verify_passes_mean", "speedup_of_means"]], ".2f")
+    R.figure(plots.plot_strategy_speedups(sims, caption=prov, title=f"Simulated speedup, {output_tokens} tokens"),
+             "strategy_speedups", "simulated speedup per strategy and GPU count")
+    if seed_scenarios:
+        from .planning import seed_scenarios as _seed
+
+        sc = _seed(ts, output_tokens=output_tokens, n_gpus=gpus, n_requests=n_requests)
+        R.add("### The seeds' adapter scenarios, evaluated with prefix acceptance", "",
+              "`seed_claim_accepted` = drafts x alpha (the seeds' arithmetic); `prefix_expected_accepted` = sum of "
+              "alpha^i (acceptance stops at the first mismatch); speedups are simulated with fitted costs and contention.", "")
+        R.table(sc, ".3f")
+        R.figure(plots.plot_seed_scenarios(sc, caption=prov), "seed_scenarios", "seed adapter scenarios")
+    if plan:
+        from .planning import required_acceptance_table
+
+        req = required_acceptance_table(ts, target_speedup, [output_tokens], gpus, strategy="parallel_sd", gamma=gamma,
+                                        n_requests=n_requests, tol=plan_tol, seed=seed)
+        R.add(f"### Acceptance needed for {target_speedup:g}x (parallel_sd, {output_tokens} tokens)", "",
+              "Minimum i.i.d. per-token match rate alpha (NaN = unreachable even at alpha = 1):", "")
+        R.table(req[["n_gpus", "level", "speedup_at_level", "max_speedup"]].rename(columns={"level": "alpha_required"}), ".3f")
+    R.add("---", "", f"*Generated {now} by egpt_sim.report from `{ts.path}`; figures: {', '.join(R.figures)}.*", "")
+    path = out / "report.md"
+    path.write_text("\n".join(R.lines))
+    return path
+
+
+def _findings(head, pf, tok, sims, ct, rates, n_tokens) -> list[str]:
+    p, t = pf.set_index("role"), tok.set_index("role")
+    f = [f"**Prefill**: the target's prefill phase (S1-S4) takes {head['target_phase_ms']:.1f} ms vs the drafter's "
+         f"{head['drafter_phase_ms']:.1f} ms ({head['prefill_phase_ratio']:.2f}x), with a "
+         f"{p.loc['target', 'prompt_tokens'] / max(1, p.loc['drafter', 'prompt_tokens']):.1f}x longer prompt "
+         f"({p.loc['target', 'prompt_tokens']} vs {p.loc['drafter', 'prompt_tokens']} tokens).",
+         f"**Decode**: {t.loc['target', 'decode_median_ms']:.1f} ms/token (target) vs {t.loc['drafter', 'decode_median_ms']:.1f} "
+         f"ms/token (drafter): the drafter is {t.loc['target', 'decode_median_ms'] / t.loc['drafter', 'decode_median_ms']:.2f}x faster per token."]
+    if ct is not None:
+        c = ct.set_index(["role", "stage"])["contention_factor"]
+        f.append(f"**Sharing one GPU is not free**: while both run, the target's prefill slows x{c.get(('target', 'prefill'), 1.0):.2f} "
+                 f"and each draft step x{c.get(('drafter', 'decode_step'), 1.0):.2f}.")
+    ptv = sims[sims["strategy"] == "prefill_then_verify"]
+    for r in ptv.itertuples():
+        f.append(f"**Window, {_gpus(r.n_gpus)}** (simulated): the drafter finishes its prefill {r.overlap_window_ms:.0f} ms before the "
+                 f"target and {r.window_drafts_mean_tokens:.2f} drafts are verified, of which {r.window_accepted_mean_tokens:.2f} "
+                 f"are accepted on average; prefill_then_verify runs at {r.speedup_of_means:.3f}x.")
+    if rates is not None:
+        a = rates.iloc[0]
+        f.append(f"**Acceptance**: per-token match rate {a['per_token_match_rate']:.3f}, but the mean accepted prefix length is "
+                 f"{a['mean_accepted_prefix_len']:.2f} tokens of {a['mean_gamma']:.0f} drafts (the drafts x rate arithmetic "
+                 f"would claim {a['seeds_drafts_x_rate']:.2f}).")
+    sd = sims[~sims["strategy"].isin(["target_only", "drafter_only"])]
+    for g, d in sd.groupby("n_gpus"):
+        b = d.loc[d["latency_mean_ms"].idxmin()]
+        sp = b["speedup_of_means"]
+        verdict = "faster than" if sp > 1.01 else "slower than" if sp < 0.99 else "within 1 % of"
+        f.append(f"**Best at {n_tokens} tokens on {_gpus(g)}**: {b['strategy']} at {sp:.3f}x, "
+                 f"{verdict} Video-LLaVA alone (simulated, {b['acceptance']} acceptance).")
+    return f
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m egpt_sim.report", description="Markdown report (+ PNG figures) of a trace set")
+    p.add_argument("--traces", default=None, help="trace-set folder or bundled name (default: bundled default set)")
+    p.add_argument("--out", required=True, help="output folder (report.md + figures)")
+    p.add_argument("--output-tokens", type=int, default=50, help="answer length simulated, tokens")
+    p.add_argument("--gamma", type=int, default=8, help="max drafts per verification")
+    p.add_argument("--gpus", default="1,2", help="GPU counts, comma-separated")
+    p.add_argument("--requests", type=int, default=200, help="simulated requests per scenario")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-speedup", type=float, default=1.2, help="speedup for the required-acceptance table")
+    p.add_argument("--no-plan", action="store_true", help="skip the required-acceptance search")
+    p.add_argument("--no-seed-scenarios", action="store_true", help="skip the seeds' 27.9/50/70/80 %% scenarios")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        path = build_report(a.traces, a.out, output_tokens=a.output_tokens, gamma=a.gamma,
+                            n_gpus=[int(g) for g in a.gpus.split(",")], n_requests=a.requests, seed=a.seed,
+                            target_speedup=a.target_speedup, plan=not a.no_plan, seed_scenarios=not a.no_seed_scenarios)
+    except (TraceError, ValueError) as exc:
+        print(f"egpt_sim.report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""One :class:`Pipeline` per role, with the same five-stage API for the target and the drafter.
+
+Stages are separated explicitly, so each can be timed on its own (the seed reports counted
+vision encoding inside prefill):
+
+1. ``load``           read the event PNG (drafter) / decode the MP4 or frame folder (target)  [CPU]
+2. ``preprocess``     image processor + tokenizer + placeholder expansion, copy to the device
+3. ``vision_encode``  vision tower + projector, features scattered into the token embeddings
+4. ``prefill``        language model over ``inputs_embeds`` (no vision inside), KV cache out
+5. ``decode_step``    one token through the language model + ``lm_head`` with the cache
+
+plus ``verify`` (one forward over ``k = gamma + 1`` tokens) and ``crop`` (drop rejected drafts).
+Role differences are data (:data:`ROLES`), not code: the target's video keeps the CLS token of
+every frame (``frames x (patches + 1)`` tokens, as ``VideoLlavaModel.get_video_features``); the
+drafter's single event frame follows ``vision_feature_select_strategy`` (``"default"`` drops
+CLS: 576 tokens at 336 px). Only the last position goes through ``lm_head`` in prefill (as
+``generate`` does with ``logits_to_keep=1``), so no ``L x vocab`` logits are materialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from measure import dataset as ds
+from measure.presets import load_components
+
+DRAFTER_TEMPLATE = ("A chat between a curious human and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the human's "
+                    "questions. USER: <image>\n{query} ASSISTANT:")
+TARGET_TEMPLATE = "USER: <video>\n{query} ASSISTANT:"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What differs between the roles (everything else is shared code)."""
+
+    tower_attr: str        # vision tower attribute of the LLaVA model
+    token_attr: str        # config attribute holding the placeholder token id
+    placeholder: str       # placeholder string in the prompt template
+    template: str
+    video: bool            # pixel_values is (1, F, 3, H, W) and CLS is kept per frame
+
+
+ROLES = {
+    "target": RoleSpec("video_tower", "video_token_index", "<video>", TARGET_TEMPLATE, video=True),
+    "drafter": RoleSpec("vision_tower", "image_token_index", "<image>", DRAFTER_TEMPLATE, video=False),
+}
+
+
+@dataclass
+class LoadedInputs:
+    """Stage-1 output: decoded RGB frames, (F, H, W, 3) uint8 (F = 1 for the drafter)."""
+
+    role: str
+    sample_id: str
+    frames: np.ndarray
+    decoder: str  # "png" | "pyav" | "opencv" | "frames"
+
+
+@dataclass
+class _Parts:
+    """Sub-modules resolved once (layouts differ between transformers releases)."""
+
+    tower: Any
+    projector: Any
+    decoder: Any
+    embed: Any
+    lm_head: Any
+
+
+def _resolve_parts(model: Any, tower_attr: str) -> _Parts:
+    inner = getattr(model, "model", None)
+
+    def find(name: str) -> Any:
+        for holder in (inner, model):
+            mod = getattr(holder, name, None) if holder is not None else None
+            if mod is not None:
+                return mod
+        raise AttributeError(f"{type(model).__name__} has no {name!r} (unsupported transformers layout)")
+
+    lm = find("language_model")
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is None:  # older layout: language_model is a *ForCausalLM
+        lm_head, lm = lm.lm_head, lm.model
+    return _Parts(find(tower_attr), find("multi_modal_projector"), lm, lm.get_input_embeddings(), lm_head)
+
+
+def _float_dtype(module: torch.nn.Module) -> torch.dtype:
+    """dtype activations must have: the first floating parameter (4-bit weights are uint8)."""
+    return next(p.dtype for p in module.parameters() if p.is_floating_point())
+
+
+class Pipeline:
+    """Five timed stages of one model; built by :func:`build_pipeline`.
+
+    ``frames`` is the number of video frames for the target; the drafter always encodes one
+    event frame (``frames == 1``). ``prompt_tokens`` is the length of the last prefill.
+    """
+
+    def __init__(self, role: str, components: Any, device: torch.device, frames: int,
+                 video_decoder: str = "auto"):
+        self.role, self.spec = role, ROLES[role]
+        self.model, self.tokenizer = components.model, components.tokenizer
+        self.processor = components.image_processor
+        self.info: dict[str, Any] = dict(components.info)
+        self.device = device
+        self.frames = frames if self.spec.video else 1
+        self.video_decoder = video_decoder
+        self.prompt_tokens = 0
+        cfg = self.model.config
+        self.placeholder_id = int(getattr(cfg, self.spec.token_attr))
+        self.feature_layer = cfg.vision_feature_layer
+        self.keep_cls = self.spec.video or cfg.vision_feature_select_strategy == "full"
+        vcfg = cfg.vision_config
+        self.tokens_per_frame = (vcfg.image_size // vcfg.patch_size) ** 2 + (1 if self.keep_cls else 0)
+        self.parts = _resolve_parts(self.model, self.spec.tower_attr)
+        self.dtype = _float_dtype(self.parts.tower)
+
+    # ------------------------------------------------------------------ stage 1 (CPU)
+    def load(self, sample: ds.Sample) -> LoadedInputs:
+        """Read the inputs of ``sample`` from disk (decode only; no resizing)."""
+        if self.spec.video:
+            frames, decoder = ds.read_video(sample, self.frames, self.video_decoder)
+        else:
+            frames, decoder = ds.read_image(sample.event_images[0], sample.sample_id)[None], "png"
+        return LoadedInputs(self.role, sample.sample_id, frames, decoder)
+
+    # ------------------------------------------------------------------ stage 2 (CPU + H2D)
+    def preprocess(self, loaded: LoadedInputs, query: str) -> dict[str, Any]:
+        """Resize/crop/normalise frames, tokenise the prompt, expand the placeholder, copy to device.
+
+        The placeholder is expanded at the id level (one id -> ``frames x tokens_per_frame``
+        ids), which gives the same ids as the HF processors' string repetition.
+        """
+        out = self.processor(images=list(loaded.frames), return_tensors="pt")
+        pixels = next(v for k, v in out.items() if k.startswith("pixel_values"))
+        if self.spec.video:
+            pixels = pixels.unsqueeze(0)  # (1, F, 3, H, W)
+        text = self.spec.template.format(query=query)
+        ids = self.tokenizer(text, add_special_tokens=True, return_tensors="pt")["input_ids"][0]
+        where = (ids == self.placeholder_id).nonzero().flatten()
+        if len(where) != 1:
+            raise ValueError(f"prompt must hold exactly one {self.spec.placeholder} token, found {len(where)}")
+        n_visual = len(loaded.frames) * self.tokens_per_frame
+        i = int(where[0])
+        ids = torch.cat([ids[:i], ids.new_full((n_visual,), self.placeholder_id), ids[i + 1:]])
+        return {"input_ids": ids[None].to(self.device),
+                "pixel_values": pixels.to(self.device, self.dtype),
+                "visual_tokens": n_visual, "text_tokens": len(ids) - n_visual,
+                "frames": len(loaded.frames)}
+
+    # ------------------------------------------------------------------ stage 3 (GPU)
+    @torch.inference_mode()
+    def vision_encode(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Vision tower + projector; returns ``inputs_embeds`` (1, L, hidden) with features in place."""
+        p = self.parts
+        pixels = inputs["pixel_values"]
+        pixels = pixels.flatten(0, 1) if pixels.dim() == 5 else pixels
+        hidden = p.tower(pixels, output_hidden_states=True).hidden_states
+        layers = self.feature_layer if isinstance(self.feature_layer, (list, tuple)) else [self.feature_layer]
+        start = 0 if self.keep_cls else 1
+        feats = torch.cat([hidden[i][:, start:] for i in layers], dim=-1)
+        feats = p.projector(feats)  # (frames, tokens_per_frame, hidden)
+        if feats.shape[0] * feats.shape[1] != inputs["visual_tokens"]:
+            raise ValueError(f"{self.role}: {feats.shape[0] * feats.shape[1]} visual features for "
+                             f"{inputs['visual_tokens']} placeholder tokens")
+        ids = inputs["input_ids"]
+        embeds = p.embed(ids)
+        mask = (ids == self.placeholder_id).unsqueeze(-1)
+        return embeds.masked_scatter(mask, feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+
+    # ------------------------------------------------------------------ stage 4 (GPU)
+    @torch.inference_mode()
+    def prefill(self, inputs_embeds: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Language model over the prompt embeddings -> (DynamicCache, last logits (1, vocab))."""
+        out = self.parts.decoder(inputs_embeds=inputs_embeds, use_cache=True)
+        self.prompt_tokens = int(inputs_embeds.shape[1])
+        return out.past_key_values, self.parts.lm_head(out.last_hidden_state[:, -1])
+
+    # ------------------------------------------------------------------ stage 5 (GPU)
+    @torch.inference_mode()
+    def decode_step(self, cache: Any, token_id: int | torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """One token with the cache -> (cache, logits (1, vocab)). ``token_id`` may stay on the GPU."""
+        out = self.parts.decoder(input_ids=self._ids(token_id), past_key_values=cache, use_cache=True)
+        return out.past_key_values, self.parts.lm_head(out.last_hidden_state[:, -1])
+
+    @torch.inference_mode()
+    def verify(self, cache: Any, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """One forward over ``k`` tokens (last committed + drafts) -> logits (1, k, vocab).
+
+        The cache grows by ``k``; :meth:`crop` it back to drop rejected drafts.
+        """
+        out = self.parts.decoder(input_ids=self._ids(token_ids), past_key_values=cache, use_cache=True)
+        return self.parts.lm_head(out.last_hidden_state)
+
+    def crop(self, cache: Any, length: int) -> Any:
+        """Roll the KV cache back to its first ``length`` tokens.
+
+        Uses a negative ``crop`` argument (tokens to remove), the one form that means the same in
+        every transformers 5.x release (5.23 rejects an absolute, positive length).
+        """
+        remove = self.kv_tokens(cache) - int(length)
+        if remove < 0:
+            raise ValueError(f"cannot crop a {self.kv_tokens(cache)}-token cache up to {length} tokens")
+        if remove:
+            cache.crop(-remove)
+        return cache
+
+    @staticmethod
+    def kv_tokens(cache: Any) -> int:
+        return int(cache.get_seq_length())
+
+    @staticmethod
+    def kv_bytes(cache: Any) -> int:
+        """Bytes held by the cache's key/value tensors (all layers)."""
+        layers = getattr(cache, "layers", None)
+        if layers is not None:
+            tensors = [t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
+        else:  # older transformers: parallel key/value lists
+            tensors = list(getattr(cache, "key_cache", [])) + list(getattr(cache, "value_cache", []))
+        return int(sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)))
+
+    def _ids(self, tokens: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        t = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens, dtype=torch.long)
+        return t.reshape(1, -1).to(self.device, torch.long)
+
+
+SDPA_BACKENDS = ("no-cudnn", "default", "flash", "efficient", "math")
+
+
+def configure_sdpa(backends: str = "no-cudnn") -> dict[str, bool]:
+    """Choose the kernels behind ``torch.nn.functional.scaled_dot_product_attention`` (process-wide).
+
+    ``"no-cudnn"`` (the default) keeps flash / memory-efficient / math and disables cuDNN
+    attention: on an H100 (torch 2.11) cuDNN builds an execution plan for every new sequence
+    length, ~50 ms for a 2-layer model and ~700 ms for 7B on first sight, so with the KV length
+    growing every step it measured 70-100 ms per 7B decode step instead of ~27 ms. ``"default"``
+    leaves torch's choice; ``"flash"`` / ``"efficient"`` / ``"math"`` enable only that kernel.
+    Returns the resulting flags (for run metadata).
+    """
+    if backends not in SDPA_BACKENDS:
+        raise ValueError(f"unknown SDPA backends {backends!r}; choose one of {SDPA_BACKENDS}")
+    cuda = torch.backends.cuda
+    if backends != "default":
+        only = {"flash": "flash", "efficient": "mem_efficient", "math": "math"}.get(backends)
+        for name in ("flash", "mem_efficient", "math", "cudnn"):
+            on = name == only if only else name != "cudnn"
+            getattr(cuda, f"enable_{name}_sdp")(on)
+    return {name: bool(getattr(cuda, f"{name}_sdp_enabled")()) for name in ("flash", "mem_efficient", "math", "cudnn")}
+
+
+def build_pipeline(role: str, source: str, dtype: str = "fp16", quant: str | None = None,
+                   device: str | torch.device = "cuda:0", frames: int = 8,
+                   attn_implementation: str = "sdpa", video_decoder: str = "auto",
+                   sdpa_backends: str = "no-cudnn") -> Pipeline:
+    """Load/build the ``role`` model from ``source`` (``random:<preset>`` or a checkpoint dir).
+
+    ``sdpa_backends`` is applied process-wide (see :func:`configure_sdpa`) and recorded in ``info``.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
+    device = torch.device(device)
+    flags = configure_sdpa(sdpa_backends)
+    comps = load_components(role, source, dtype=dtype, quant=quant, device=device,
+                            attn_implementation=attn_implementation)
+    comps.info.update(sdpa_backends=sdpa_backends, sdpa_enabled=flags)
+    return Pipeline(role, comps, device, frames, video_decoder)

@@ -1,0 +1,332 @@
+"""Measurement half of the simulator validation: the real executor over a grid, plus the
+stage-timing and acceptance trace sets the simulator needs, all recorded on one machine.
+
+Output folder (a trace set plus executor tables; parts are written as samples finish and
+merged into one parquet per table by :func:`consolidate`)::
+
+    OUT/dataset/                    synthetic DSEC-style samples (unless --dataset)
+    OUT/stage_timings(.parquet)     measure.stages (alone + the executor's placement)
+    OUT/acceptance(.parquet)        one run per sigma: acc-sigma<s> (drafter_context="target",
+                                    what the executor replays; filter by run_id or ``sigma``)
+                                    and acc-own-sigma0 (the drafter's own prompt)
+    OUT/executor_results.parquet    one row per request (see measure.executor.Executor.run)
+    OUT/executor_timeline.parquet   TIMELINE rows of every request (+ strategy/sigma/N columns)
+    OUT/metadata.json               runs: stage runs, acceptance runs, "executor-<first>-<last>"
+
+Grid: for each sample (one request per sample and cell), for each N, ``target_only`` runs
+ONCE (it does not depend on sigma; its tokens are the lossless reference and the replay
+oracle) and each speculative strategy runs once per sigma. Acceptance is *replayed* from the
+acc-sigma<s> trace of the same sample: with random weights a drafter on its own prompt
+accepts ~nothing at every sigma (see :mod:`measure.perturb`), so only replay gives several
+acceptance levels while every forward pass stays real. Samples are the outer loop, so a
+time-out leaves complete cells for the samples done. ``lossless`` is recorded, not asserted:
+fp16 verify and decode kernels may legitimately disagree on a near-tie.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from egpt_sim import schema
+from measure.acceptance import check_vocab, record_acceptance, run_parts, write_part
+from measure.executor import STRATEGIES, Executor
+
+RESULTS, TIMELINE, PARTS = "executor_results", "executor_timeline", "executor_parts"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Grid and models of one validation run (units in the names; devices as torch strings)."""
+
+    target: str = "random:vicuna7b-clip336"
+    drafter: str = "random:vicuna7b-clip336"
+    dataset: str | None = None          # None: synthesise n_requests samples under OUT/dataset
+    n_requests: int = 10                # samples = requests per grid cell
+    first_sample: int = 0               # run samples first_sample .. first_sample + n_requests - 1
+    lengths: tuple[int, ...] = (5, 20, 50, 100)
+    sigmas: tuple[float, ...] = (0.01, 0.03, 0.1)
+    strategies: tuple[str, ...] = STRATEGIES
+    gamma: int = 8
+    lookahead_blocks: int = 2
+    acceptance_blocks: int = 3          # verification blocks recorded per sample and sigma
+    target_device: str = "cuda:0"
+    drafter_device: str | None = None   # None: the target's device (shared_gpu)
+    dtype: str = "fp16"
+    stage_samples: int = 3              # samples of measure.stages per placement (0: skip)
+    stage_decode_steps: int = 20
+    seed: int = 0
+    max_minutes: float | None = None    # stop starting new samples after this wall time
+
+
+def executor_run_id(cfg: ValidationConfig) -> str:
+    """Metadata key of an executor run: its sample range (disjoint ranges merge cleanly)."""
+    return f"executor-{cfg.first_sample}-{cfg.first_sample + cfg.n_requests - 1}"
+
+
+def _log_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _stage_timings(cfg: ValidationConfig, data: str, out: Path, resume: bool, log: Callable) -> list[str]:
+    """Stage timings of both models, alone and in the executor's placement (measure.stages)."""
+    from measure.stages import RunPlan, StageConfig, execute
+
+    placement = "separate_gpu" if cfg.drafter_device not in (None, cfg.target_device) else "shared_gpu"
+    plan = RunPlan(target=cfg.target, drafter=cfg.drafter, dataset=data, out=str(out), n_samples=cfg.stage_samples,
+                   dtype=cfg.dtype, placements=("alone", placement), concurrency=("streams",),
+                   target_device=cfg.target_device, drafter_device=cfg.drafter_device, resume=resume,
+                   progress=False, stage=StageConfig(decode_steps=cfg.stage_decode_steps, gammas=(1, 2, 4, 8, 16)))
+    ok, errors = execute(plan, log=log)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return errors
+
+
+def _replay_sources(out: Path, run_id: str) -> dict[str, object]:
+    """Per-sample acceptance sources of one acceptance run (tail rate pooled over samples)."""
+    from egpt_sim.acceptance import TraceAcceptance, conditional_tail_rate
+
+    acc = schema.read_table(out, schema.ACCEPTANCE_FILE)
+    blocks = (acc[acc["run_id"] == run_id].groupby(["run_id", "sample_id", "verify_id"], as_index=False)
+              .agg(gamma=("gamma", "first"), accepted_len=("accepted_len", "first")))
+    tail = conditional_tail_rate(blocks)
+    return {sid: TraceAcceptance(g, tail_alpha=tail, label=run_id) for sid, g in blocks.groupby("sample_id")}
+
+
+def _request_seed(seed: int, *keys) -> int:
+    return zlib.crc32(json.dumps([seed, *keys]).encode()) & 0x7FFF_FFFF
+
+
+def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = False,
+                   log: Callable[[str], None] = _log_default) -> Path:
+    """Run the whole measurement (see module docstring); return ``out_dir``."""
+    from measure import dataset as ds
+    from measure import provenance, synthetic
+    from measure.models import build_pipeline
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last = cfg.first_sample + cfg.n_requests
+    data = cfg.dataset or str(synthetic.generate(out / "dataset", synthetic.SynthConfig(n_samples=last, seed=cfg.seed)))
+    samples = ds.load_dataset(data, last)[cfg.first_sample:]
+    errors = _stage_timings(cfg, data, out, resume, log) if cfg.stage_samples > 0 else []
+
+    target = build_pipeline("target", cfg.target, dtype=cfg.dtype, device=cfg.target_device)
+    drafter = build_pipeline("drafter", cfg.drafter, dtype=cfg.dtype, device=cfg.drafter_device or cfg.target_device)
+    check_vocab(target, drafter)
+    log(f"[{time.perf_counter() - t_start:6.1f}s] models built; recording acceptance")
+    acc_runs = {s: f"acc-sigma{s:g}" for s in cfg.sigmas}
+    common = dict(gamma=cfg.gamma, n_blocks=cfg.acceptance_blocks, out_dir=out, resume=resume, seed=cfg.seed)
+    record_acceptance(target, drafter, samples, sigma=0.0, run_id="acc-own-sigma0", drafter_context="own",
+                      **{**common, "n_blocks": 1})
+    sources = {}
+    for sigma, rid in acc_runs.items():  # the drafter ends with the last sigma's weights
+        try:
+            record_acceptance(target, drafter, samples, sigma=sigma, run_id=rid, drafter_context="target", **common)
+            sources[sigma] = _replay_sources(out, rid)
+        except Exception as exc:  # noqa: BLE001 - a sigma level without a trace is left out of the grid
+            errors.append(f"acceptance sigma={sigma}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            log(f"FAILED {errors[-1]}")
+    if not sources:
+        raise RuntimeError(f"no acceptance trace could be recorded: {errors[-len(acc_runs):]}")
+
+    ex = Executor(target, drafter, gamma=cfg.gamma, lookahead_blocks=cfg.lookahead_blocks)
+    meta = provenance.run_metadata(
+        model_info={"target": target.info, "drafter": drafter.info}, devices=[target.device, drafter.device],
+        dtype=cfg.dtype, quant=None, kind="executor", placement=ex.placement, config=asdict(cfg),
+        timing={"all": "perf_counter after a synchronise of the actor's stream at both ends (StageTimer sync)"},
+        acceptance={"mode": "replay", "runs": acc_runs, "method": "per-sample run lengths from the trace; "
+                    "drafter proposes the target_only token for positions <= R since its last sync"},
+        reuse="target_only runs once per (sample, N) and is the baseline of every sigma (sigma = NaN)")
+    run_key = executor_run_id(cfg)
+    schema.write_metadata(out, {run_key: meta})
+    _warmup(ex, samples[0], cfg, sources)
+    log(f"[{time.perf_counter() - t_start:6.1f}s] warm-up done; grid of {len(samples)} samples")
+
+    done = _done_samples(out) if resume else set()
+    for i, sample in enumerate(samples):
+        if sample.sample_id in done:
+            continue
+        if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
+            log(f"time budget of {cfg.max_minutes} min spent: stopping before sample {i + 1}")
+            break
+        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, out, errors, log)
+        ok = sum(bool(r["lossless"]) for r in rows)
+        log(f"[{time.perf_counter() - t_start:6.1f}s] sample {i + 1}/{len(samples)}: {len(rows)} requests, "
+            f"lossless {ok}/{len(rows)}")
+    schema.write_metadata(out, {run_key: {**meta, "errors": errors,
+                                             "wall_s": round(time.perf_counter() - t_start, 1)}})
+    return out
+
+
+def _run_sample(ex: Executor, cfg: ValidationConfig, sample, index: int, sources: dict, out: Path,
+                errors: list[str], log: Callable) -> list[dict]:
+    """Every cell of one sample; writes one results and one timeline part; returns the rows.
+
+    Request ids are ``index * per_sample + j``, so runs over disjoint sample ranges merge.
+    """
+    spec = [s for s in cfg.strategies if s != "target_only"]
+    per_n = 1 + len(cfg.sigmas) * len(spec)  # fixed by the config, so ids do not shift
+    results = []
+    for a, n in enumerate(cfg.lengths):
+        rid = index * len(cfg.lengths) * per_n + a * per_n
+        cells = [("target_only", float("nan"))] + [(st, sg) for sg in cfg.sigmas for st in spec]
+        ref = None
+        for j, (strategy, sigma) in enumerate(cells):
+            if strategy != "target_only" and (ref is None or sigma not in sources):
+                continue  # no baseline or no trace: nothing to check or replay against
+            try:
+                r = ex.run(sample, strategy, n, rid + j, reference=None if ref is None else ref.tokens,
+                           replay=None if ref is None else sources[sigma][sample.sample_id],
+                           replay_seed=_request_seed(cfg.seed, rid + j), sigma=sigma)
+            except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
+                errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}")
+                log(f"FAILED {errors[-1]}")
+                continue
+            if ref is None:
+                ref = r
+                r.row["lossless"] = True  # the reference itself
+            results.append(r)
+    if results:
+        rows = pd.DataFrame([r.row for r in results])
+        keys = ("strategy", "sigma", "output_tokens", "sample_id", "placement")
+        tl = pd.concat([r.timeline.assign(**{k: r.row[k] for k in keys}) for r in results], ignore_index=True)
+        write_part(rows, out / PARTS, RESULTS, "executor", sample.sample_id)
+        write_part(tl, out / PARTS, TIMELINE, "executor", sample.sample_id)
+    return [r.row for r in results]
+
+
+def _done_samples(out: Path) -> set[str]:
+    """Samples whose executor rows are on disk (parts or the consolidated file)."""
+    files = run_parts(out / PARTS, RESULTS, "executor")
+    if (out / f"{RESULTS}.parquet").exists():
+        files.append(out / f"{RESULTS}.parquet")
+    return {str(x) for f in files for x in pd.read_parquet(f, columns=["sample_id"])["sample_id"]}
+
+
+def _warmup(ex: Executor, sample, cfg: ValidationConfig, sources: dict) -> None:
+    """Untimed requests of every strategy (CUDA context, cuBLAS heuristics, allocator, streams)."""
+    n = max(cfg.gamma + 2, 10)
+    ref = ex.run(sample, "target_only", n)
+    src = next(iter(sources.values())).get(sample.sample_id)
+    for strategy in cfg.strategies:
+        if strategy != "target_only":
+            ex.run(sample, strategy, n, reference=ref.tokens, replay=src)
+
+
+def consolidate(out_dir: str | Path) -> list[Path]:
+    """Merge every part folder of ``out_dir`` into one parquet file per table; parts are removed.
+
+    stage_timings via :func:`measure.writer.consolidate`; acceptance, executor results and
+    timeline here (earlier consolidated rows are kept; a re-recorded key replaces them).
+    """
+    from measure.writer import consolidate as consolidate_stages
+
+    out, written = Path(out_dir), []
+    if any((out / schema.STAGE_TIMINGS_FILE).glob("*.parquet")):
+        written.append(consolidate_stages(out))
+    # (part folder, output name, schema table or None, de-duplication key)
+    tables = [(out / schema.ACCEPTANCE_FILE, schema.ACCEPTANCE_FILE, schema.ACCEPTANCE_FILE,
+               ["run_id", "sample_id", "verify_id", "position"]),
+              (out / PARTS / RESULTS, RESULTS, None, ["request_id"]),
+              (out / PARTS / TIMELINE, TIMELINE, schema.TIMELINE_FILE, None)]
+    for folder, name, table, key in tables:
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            continue
+        single = out / f"{name}.parquet"
+        frames = ([pd.read_parquet(single)] if single.exists() else []) + [pd.read_parquet(f) for f in files]
+        df = pd.concat(frames, ignore_index=True).drop(columns="schema_version", errors="ignore")
+        if key:
+            df = df.drop_duplicates(subset=key, keep="last")
+        if table:
+            schema.write_table(df, single, table)
+        else:
+            df.to_parquet(single, index=False)
+        for f in files:
+            f.unlink()
+        written.append(single)
+    return written
+
+
+def merge(dest: str | Path, *sources: str | Path) -> Path:
+    """Merge consolidated validation folders (calls over disjoint sample ranges) into ``dest``."""
+    dest = Path(dest)
+    tables = ((schema.STAGE_TIMINGS_FILE, schema.STAGE_TIMINGS_FILE), (schema.ACCEPTANCE_FILE, schema.ACCEPTANCE_FILE),
+              (RESULTS, None), (TIMELINE, schema.TIMELINE_FILE))
+    for name, table in tables:
+        frames = [pd.read_parquet(p) for p in (Path(s) / f"{name}.parquet" for s in sources) if p.exists()]
+        if not frames:
+            continue
+        df = pd.concat(frames, ignore_index=True).drop(columns="schema_version", errors="ignore").drop_duplicates()
+        if table:
+            schema.write_table(df, dest / f"{name}.parquet", table)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(dest / f"{name}.parquet", index=False)
+    for s in sources:
+        schema.write_metadata(dest, schema.read_metadata(s)["runs"])
+    return dest
+
+
+def summary(out_dir: str | Path) -> pd.DataFrame:
+    """Median latency / TTFT, mean accepted and lossless share per (strategy, N, sigma)."""
+    df = pd.read_parquet(Path(out_dir) / f"{RESULTS}.parquet")
+    return (df.groupby(["strategy", "output_tokens", "sigma"], dropna=False)
+            .agg(n=("latency_ms", "size"), latency_ms=("latency_ms", "median"), ttft_ms=("ttft_ms", "median"),
+                 accepted=("accepted", "mean"), window=("tokens_from_window", "mean"),
+                 lossless=("lossless", "mean")).reset_index())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m measure.validation_run --out DIR [...]``; exit 1 if any request failed."""
+    p = argparse.ArgumentParser(prog="python -m measure.validation_run", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default=ValidationConfig.target)
+    p.add_argument("--drafter", default=ValidationConfig.drafter)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--n-requests", type=int, default=ValidationConfig.n_requests, help="samples (requests per cell)")
+    p.add_argument("--first-sample", type=int, default=0, help="skip the first samples (split a grid over calls)")
+    p.add_argument("--lengths", default="5,20,50,100")
+    p.add_argument("--sigmas", default="0.01,0.03,0.1")
+    p.add_argument("--gamma", type=int, default=ValidationConfig.gamma)
+    p.add_argument("--acceptance-blocks", type=int, default=ValidationConfig.acceptance_blocks)
+    p.add_argument("--device", default="cuda:0", help="target device")
+    p.add_argument("--drafter-device", default=None, help="drafter device (separate_gpu), default: the target's")
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    p.add_argument("--stage-samples", type=int, default=ValidationConfig.stage_samples)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    cfg = ValidationConfig(target=a.target, drafter=a.drafter, dataset=a.dataset, n_requests=a.n_requests,
+                           first_sample=a.first_sample,
+                           lengths=tuple(int(x) for x in a.lengths.split(",")),
+                           sigmas=tuple(float(x) for x in a.sigmas.split(",")), gamma=a.gamma,
+                           acceptance_blocks=a.acceptance_blocks, target_device=a.device,
+                           drafter_device=a.drafter_device, dtype=a.dtype, stage_samples=a.stage_samples,
+                           max_minutes=a.max_minutes)
+    out = run_validation(cfg, a.out, resume=a.resume)
+    consolidate(out)
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(summary(out).to_string(index=False))
+    errors = schema.read_metadata(out)["runs"][executor_run_id(cfg)].get("errors", [])
+    for e in errors:
+        print(f"error: {e}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

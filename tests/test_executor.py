@@ -1,0 +1,187 @@
+"""Real parallel-prefill executor on tiny random models (CPU threads)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import time  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from egpt_sim import schema  # noqa: E402
+from egpt_sim.acceptance import IidAcceptance, TraceAcceptance  # noqa: E402
+from measure import dataset as ds  # noqa: E402
+from measure import synthetic  # noqa: E402
+from measure.executor import Executor  # noqa: E402
+from measure.models import build_pipeline  # noqa: E402
+from measure.perturb import perturb_from  # noqa: E402
+
+pytestmark = pytest.mark.torch
+N = 24
+SPEC = ("prefill_then_verify", "parallel_sd")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    path = synthetic.generate(tmp_path_factory.mktemp("ds"), synthetic.SynthConfig(n_samples=2, duration_s=0.3))
+    return ds.load_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return build_pipeline("target", "random:tiny", dtype="fp32", device="cpu")
+
+
+class SlowTarget:
+    """The target with added host delays, so the drafter wins the prefill race (as on a GPU,
+    where the target's prefill is ~7x longer); tokens are unchanged."""
+
+    def __init__(self, pipe, prefill_s=0.1, pass_s=0.005):
+        self.pipe, self.prefill_s, self.pass_s = pipe, prefill_s, pass_s
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def prefill(self, embeds):
+        time.sleep(self.prefill_s)
+        return self.pipe.prefill(embeds)
+
+    def decode_step(self, cache, token):
+        time.sleep(self.pass_s)
+        return self.pipe.decode_step(cache, token)
+
+    def verify(self, cache, tokens):
+        time.sleep(self.pass_s)
+        return self.pipe.verify(cache, tokens)
+
+
+@pytest.fixture(scope="module")
+def slow(target):
+    return SlowTarget(target)
+
+
+@pytest.fixture(scope="module")
+def drafter(target):
+    """The EventGPT-like drafter (own 1-frame prompt), LM = perturbed copy of the target's."""
+    d = build_pipeline("drafter", "random:tiny", dtype="fp32", device="cpu")
+    perturb_from(d, target, 0.0)
+    return d
+
+
+@pytest.fixture(scope="module")
+def twin(target):
+    """A drafter that sees the target's own prompt (a second target pipeline): real acceptances."""
+    p = build_pipeline("target", "random:tiny", dtype="fp32", device="cpu")
+    p.model.load_state_dict(target.model.state_dict())
+    return p
+
+
+@pytest.fixture(scope="module")
+def references(target, samples):
+    ex = Executor(target)
+    return {s.sample_id: ex.run(s, "target_only", N).tokens for s in samples}
+
+
+def check_consistent(res, strategy, n=N):
+    tl = schema.validate(res.timeline, schema.TIMELINE_FILE)
+    row = res.row
+    assert len(res.tokens) == n
+    for _, g in tl.groupby("actor"):  # each actor: one activity at a time, in order
+        assert (g["start_ms"].diff().fillna(0) >= 0).all()
+        assert (g["start_ms"].iloc[1:].to_numpy() >= g["end_ms"].iloc[:-1].to_numpy() - 1e-6).all()
+    tgt = tl[tl["actor"] == "target"]
+    assert tgt["activity"].tolist()[:4] == ["load", "preprocess", "vision_encode", "prefill"]
+    prefill_end = tgt.loc[tgt["activity"] == "prefill", "end_ms"].iloc[0]
+    passes = tgt[tgt["activity"].isin(["decode_step", "verify"])]
+    assert (passes["start_ms"] >= prefill_end).all()
+    assert row["ttft_ms"] == pytest.approx(prefill_end)
+    assert row["latency_ms"] == pytest.approx(tgt["end_ms"].max())
+    assert row["target_passes"] == len(passes)
+    # the prefill commits position 1 (d1 == t1 counts as accepted); a pass commits L + 1
+    assert 1 + len(passes) + row["accepted"] - row["first_draft_matched"] == n
+    assert row["verify_passes"] == (passes["activity"] == "verify").sum()
+    assert row["accepted"] <= row["drafted"]
+    assert (tl.loc[tl["activity"].isin(["load", "preprocess"]), "gpu"] == -1).all()
+    if strategy == "target_only":
+        assert row["verify_passes"] == 0 and set(tl["actor"]) == {"target"}
+    else:
+        assert row["tokens_from_window"] <= min(row["accepted"], row["window_drafts"])
+        assert row["tokens_from_window"] >= row["first_draft_matched"]
+        assert len(tl[(tl["actor"] == "drafter") & (tl["activity"] == "prefill")]) == 1
+    if strategy == "prefill_then_verify":  # every acceptance happens in the window
+        assert row["verify_passes"] <= 1 and row["accepted"] == row["tokens_from_window"]
+        if not row["first_draft_matched"]:
+            assert row["verify_passes"] == 0
+
+
+def test_target_only_is_plain_decoding(target, samples, references):
+    res = Executor(target).run(samples[0], "target_only", N, reference=references[samples[0].sample_id])
+    check_consistent(res, "target_only")
+    assert res.row["lossless"] and res.row["target_passes"] == N - 1
+
+
+@pytest.mark.parametrize("strategy", SPEC)
+def test_own_prompt_drafter_is_lossless(slow, drafter, samples, references, strategy):
+    ex = Executor(slow, drafter, gamma=4)
+    for s in samples:
+        res = ex.run(s, strategy, N, reference=references[s.sample_id])
+        check_consistent(res, strategy)
+        assert res.row["lossless"] and res.row["acceptance_mode"] == "model"
+        assert res.row["placement"] == "shared_gpu"
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.03, 0.1, 0.5])
+@pytest.mark.parametrize("strategy", SPEC)
+def test_perturbed_twin_is_lossless_with_rejections(target, slow, twin, samples, references, strategy, sigma):
+    perturb_from(twin, target, sigma, seed=1)
+    ex = Executor(slow, twin, gamma=4)
+    res = ex.run(samples[0], strategy, N, reference=references[samples[0].sample_id], sigma=sigma)
+    check_consistent(res, strategy)
+    assert res.row["lossless"], f"{strategy} sigma={sigma} changed the target's tokens"
+    if sigma == 0.0:  # an exact copy on the same prompt: the whole window is accepted
+        assert res.row["first_draft_matched"] and res.row["tokens_from_window"] == 4
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("strategy", SPEC)
+def test_replay_is_lossless_and_follows_the_source(slow, drafter, samples, references, strategy, alpha):
+    ex = Executor(slow, drafter, gamma=4)
+    sid = samples[1].sample_id
+    res = ex.run(samples[1], strategy, N, reference=references[sid], replay=IidAcceptance(alpha), replay_seed=7)
+    check_consistent(res, strategy)
+    assert res.row["lossless"] and res.row["acceptance_mode"] == "replay"
+    if alpha == 0.0:
+        assert res.row["accepted"] == 0 and not res.row["first_draft_matched"]
+    if alpha == 1.0:  # the whole window (gamma drafts incl. position 1) is accepted
+        assert res.row["first_draft_matched"] and res.row["tokens_from_window"] == 4
+        if strategy == "parallel_sd":  # passes of up to gamma + 1 tokens instead of N - 1 steps
+            assert res.row["target_passes"] < N // 2
+
+
+def test_replay_from_a_recorded_trace(slow, drafter, samples, references):
+    blocks = pd.DataFrame({"run_id": "r", "sample_id": "x", "verify_id": [0, 1, 2], "gamma": 4,
+                           "accepted_len": [2, 1, 4]})
+    src = TraceAcceptance(blocks, tail_alpha=0.5)
+    sid = samples[0].sample_id
+    res = Executor(slow, drafter, gamma=4).run(samples[0], "prefill_then_verify", N, reference=references[sid],
+                                               replay=src)
+    assert res.row["lossless"] and res.row["tokens_from_window"] == 2  # window run R = 2: d1, d2 match
+
+
+def test_thread_errors_reach_the_caller(target, drafter, samples, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("drafter exploded")
+
+    monkeypatch.setattr(drafter, "decode_step", boom)
+    with pytest.raises(RuntimeError, match="drafter exploded"):
+        Executor(target, drafter, gamma=4).run(samples[0], "parallel_sd", N)
+
+
+def test_bad_arguments(target, drafter, samples):
+    with pytest.raises(ValueError, match="drafter"):
+        Executor(target).run(samples[0], "parallel_sd", N)
+    with pytest.raises(ValueError, match="reference"):
+        Executor(target, drafter).run(samples[0], "parallel_sd", N, replay=IidAcceptance(0.5))
+    with pytest.raises(ValueError, match="strategy"):
+        Executor(target).run(samples[0], "serial", N)
