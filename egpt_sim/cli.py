@@ -117,10 +117,15 @@ def cmd_plan(a) -> int:
 
 
 def cmd_traces(a) -> int:
+    from .schema import TraceError
     from .traces import TraceSet, bundled_trace_sets
 
     for name, path in bundled_trace_sets().items():
-        print(f"{name:32s} {TraceSet.load(path).provenance()}")
+        try:
+            line = TraceSet.load(path).provenance()
+        except TraceError as exc:  # e.g. a target-only frame sweep: data, but not simulatable
+            line = f"(not simulatable: {str(exc).split(': ', 1)[-1]})"
+        print(f"{name:24s} {line}")
     return 0
 
 

@@ -37,7 +37,8 @@ class SimConfig:
     contention : ``"fitted"`` (from shared_gpu vs alone rows) or ``"none"``.
     contention_scale : what-if multiplier on the excess slow-down (factor - 1).
     contention_concurrency : fit contention from shared-GPU rows measured with
-        ``streams`` (two threads, one process), ``processes``, or ``any``.
+        ``streams`` (two threads, one process), ``processes``, ``any`` (pooled) or
+        ``auto`` (processes when measured, else streams).
     drafter_speed : what-if speed-up of every drafter stage (times are divided).
     include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
     lookahead_blocks : parallel_sd drafts up to this many gamma-blocks ahead.
@@ -52,7 +53,7 @@ class SimConfig:
     seed: int = 0
     contention: str = "fitted"
     contention_scale: float = 1.0
-    contention_concurrency: str = "any"
+    contention_concurrency: str = "auto"
     drafter_speed: float = 1.0
     include_cpu_stages: bool = True
     lookahead_blocks: int = 2
@@ -74,8 +75,8 @@ class SimConfig:
             bad("n_requests", "must be >= 1 (a run with zero requests has nothing to report)")
         if self.contention not in ("fitted", "none"):
             bad("contention", "must be 'fitted' or 'none'")
-        if self.contention_concurrency not in ("any", "streams", "processes"):
-            bad("contention_concurrency", "must be 'any', 'streams' or 'processes'")
+        if self.contention_concurrency not in ("auto", "any", "streams", "processes"):
+            bad("contention_concurrency", "must be 'auto', 'any', 'streams' or 'processes'")
         if self.contention_scale < 0:
             bad("contention_scale", "must be >= 0")
         if self.drafter_speed <= 0:
@@ -103,6 +104,8 @@ class SimConfig:
             return a
         if isinstance(a, tuple):
             return "curve"
+        if hasattr(a, "name"):  # an AcceptanceSource object (e.g. a scaled curve)
+            return a.name
         return f"{float(a):.3g}"
 
     def as_dict(self) -> dict[str, Any]:

@@ -35,7 +35,9 @@ def trace_curve(traces: TraceSet) -> tuple[float, ...]:
     if traces.acceptance is None:
         raise ValueError(f"{traces.path}: no acceptance table; cannot derive a per-position curve")
     by_pos = acceptance_by_position(traces.acceptance)
-    rates = by_pos["conditional_accept_rate"].fillna(0.0).to_numpy()
+    # positions no block reached (every earlier draft rejected) carry the last measured
+    # rate forward rather than claiming the drafter could never match there
+    rates = by_pos["conditional_accept_rate"].ffill().fillna(0.0).to_numpy()
     return tuple(float(r) for r in rates)
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from . import plots, schema
 from .acceptance import acceptance_by_position, acceptance_summary, expected_accepted_iid
-from .config import SimConfig
+from .config import SimConfig, factorial
 from .runner import draw_bank, simulate
 from .schema import TraceError
 from .traces import DATA_DIR, PREFILL_PHASE_STAGES, TraceSet, resolve_trace_set
@@ -87,7 +87,7 @@ def stage_table(ts: TraceSet) -> pd.DataFrame:
 
 def prefill_table(ts: TraceSet) -> pd.DataFrame:
     """Per role: prefill phase (S1-S4 per-sample sum), LLM prefill, prompt length, tok/s."""
-    r = _alone_main(ts)
+    r, frames = _alone_main(ts), main_frames(ts)
     rows = []
     for role in schema.ROLES:
         d = r[(r["role"] == role) & r["stage"].isin(PREFILL_PHASE_STAGES)]
@@ -96,7 +96,7 @@ def prefill_table(ts: TraceSet) -> pd.DataFrame:
         pre = d[d["stage"] == "prefill"]
         phase = per.sum(axis=1)
         rows.append({
-            "role": role, "frames": main_frames(ts).get(role, 0), "n_samples": int(len(per)),
+            "role": role, "frames": frames.get(role, 0), "n_samples": int(len(per)),
             "phase_median_ms": float(phase.median()), "phase_iqr_ms": float(phase.quantile(0.75) - phase.quantile(0.25)),
             "prefill_median_ms": float(pre["duration_ms"].median()),
             "prompt_tokens": int(pre["prompt_tokens"].median()),
@@ -257,20 +257,21 @@ def timeline_frame(ts: TraceSet, strategies: Sequence[str] = ("target_only", "pr
 def speedup_sweep(ts: TraceSet, strategies: Sequence[str] = SD_STRATEGIES, output_tokens: Sequence[int] = (10, 50, 100),
                   acceptance: Sequence = (0.0, 0.5, 1.0), n_gpus: Sequence[int] = (1, 2), n_requests: int = 100,
                   **config) -> pd.DataFrame:
-    """Sweep strategies x output lengths x acceptance x GPU counts (target_only always
-    included, as the baseline candidate of the best-strategy map)."""
-    from .sweep import default_grid, run_sweep
+    """Sweep strategies x output lengths x acceptance x GPU counts; every other field (gamma,
+    seed, ...) from ``config``. target_only is always included, as the baseline candidate
+    of the best-strategy map."""
+    from .sweep import run_sweep
 
     strategies = list(dict.fromkeys(["target_only", *strategies]))
-    cfgs = default_grid(SimConfig(n_requests=n_requests, **config), strategy=strategies,
-                        output_tokens=list(output_tokens), acceptance=list(acceptance), n_gpus=list(n_gpus))
+    cfgs = factorial(SimConfig(n_requests=n_requests, **config),
+                     {"strategy": strategies, "output_tokens": list(output_tokens), "acceptance": list(acceptance),
+                      "n_gpus": list(n_gpus)})
     return run_sweep(cfgs, ts, progress=False)
 
 
 def sensitivity_sweep(ts: TraceSet, factor: str, values: Sequence[float], strategies: Sequence[str] = SD_STRATEGIES,
                       n_gpus: Sequence[int] = (1, 2), n_requests: int = 100, **config) -> pd.DataFrame:
     """Speedup vs one what-if factor (``drafter_speed`` or ``contention_scale``)."""
-    from .config import factorial
     from .sweep import run_sweep
 
     if factor not in ("drafter_speed", "contention_scale"):
@@ -344,24 +345,22 @@ class ValidationData:
     caption: str = ""
 
 
-def load_validation(validation_dir: str | Path | None = None) -> ValidationData:
-    """Simulator vs measured cells via ``egpt_sim.validation.compare(validation_dir)``.
+def load_validation(validation_dir: str | Path | None = None, **compare_kw) -> ValidationData:
+    """Simulator vs measured cells of a validation folder written by ``measure.validation_run``
+    (``egpt_sim.validation.compare_dir``).
 
-    ``None`` = the bundled ``h100/validation`` set. A missing folder, a missing module
-    or a compare() that does not take a folder gives ``available=False`` and a
-    "no validation data" message instead of an error.
+    ``None`` = the bundled ``h100/validation`` set. A missing folder or a missing
+    validation module/function gives ``available=False`` with a "no validation data"
+    message instead of an error; a folder that exists but is unusable raises (TraceError).
     """
     folder = Path(validation_dir) if validation_dir is not None else DATA_DIR / "h100" / "validation"
     if not folder.is_dir():
         return ValidationData(False, f"no validation data: folder {folder} does not exist")
     try:
-        from . import validation
+        from .validation import compare_dir
     except ImportError as exc:
-        return ValidationData(False, f"no validation data: egpt_sim.validation is not available ({exc})")
-    try:
-        cells, overall = validation.compare(folder)
-    except TypeError as exc:
-        return ValidationData(False, f"no validation data: validation.compare(folder) is not available ({exc})")
+        return ValidationData(False, f"no validation data: egpt_sim.validation.compare_dir is not available ({exc})")
+    cells, overall = compare_dir(folder, **compare_kw)
     if cells is None or len(cells) == 0:
         return ValidationData(False, f"no validation data: {folder} gave zero comparison cells")
     msg = (f"{len(cells)} validation cells from {folder}: median |error| {overall.get('median_abs_error_pct', float('nan')):.1f} %, "
@@ -468,7 +467,7 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
         if g in ptv.index:
             p = ptv.loc[g]
             summary.append((f"Overlap window, {_gpus(g)} (simulated, mean)", f"{p['overlap_window_ms']:.1f} ms"))
-            summary.append((f"Drafts verified from the window / accepted, prefill_then_verify, {_gpus(g)}",
+            summary.append((f"Drafts ready when the target's prefill ends / accepted, prefill_then_verify, {_gpus(g)}",
                             f"{p['window_drafts_mean_tokens']:.2f} / {p['window_accepted_mean_tokens']:.2f} tokens"))
     if rates is not None:
         a = rates.iloc[0]
@@ -614,8 +613,9 @@ def _findings(head, pf, tok, sims, ct, rates, n_tokens) -> list[str]:
     ptv = sims[sims["strategy"] == "prefill_then_verify"]
     for r in ptv.itertuples():
         f.append(f"**Window, {_gpus(r.n_gpus)}** (simulated): the drafter finishes its prefill {r.overlap_window_ms:.0f} ms before the "
-                 f"target and {r.window_drafts_mean_tokens:.2f} drafts are verified, of which {r.window_accepted_mean_tokens:.2f} "
-                 f"are accepted on average; prefill_then_verify runs at {r.speedup_of_means:.3f}x.")
+                 f"target; {r.window_drafts_mean_tokens:.2f} drafts are ready when its prefill ends (at most gamma = {r.gamma}), "
+                 f"of which {r.window_accepted_mean_tokens:.2f} are accepted on average; prefill_then_verify runs at "
+                 f"{r.speedup_of_means:.3f}x.")
     if rates is not None:
         a = rates.iloc[0]
         f.append(f"**Acceptance**: per-token match rate {a['per_token_match_rate']:.3f}, but the mean accepted prefix length is "

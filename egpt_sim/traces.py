@@ -205,15 +205,19 @@ class TraceSet:
         """Fit slow-down factors from ``placement`` rows with the peer busy vs ``alone``.
 
         ``concurrency`` selects how the two models shared the GPU in the measurement
-        (``streams``: two threads in one process; ``processes``) or ``any``. Threads
+        (``streams``: two threads in one process; ``processes``), ``any`` (pooled) or
+        ``auto`` (processes if measured, else streams). Threads
         contend for the Python interpreter as well as the GPU, so the two differ a lot;
         validate against an executor with the concurrency it actually used.
         """
+        r = self.ok_rows
+        shared = r[(r["placement"] == placement) & r["peer_busy"]]
+        if concurrency == "auto":  # separate processes (no shared interpreter) when measured
+            present = set(shared["concurrency"].astype(str))
+            concurrency = next((c for c in ("processes", "streams") if c in present), "any")
         key = ("contention", placement, concurrency)
         if key in self._cache:
             return self._cache[key]
-        r = self.ok_rows
-        shared = r[(r["placement"] == placement) & r["peer_busy"]]
         if concurrency != "any":
             shared = shared[shared["concurrency"] == concurrency]
         factors: dict[tuple[str, str], float] = {}
@@ -247,7 +251,8 @@ class TraceSet:
     def acceptance_blocks(self) -> pd.DataFrame:
         """One row per verification: run_id, sample_id, verify_id, gamma, accepted_len."""
         if self.acceptance is None:
-            raise TraceError(f"{self.path}: no acceptance table in this trace set (needed for acceptance='trace')")
+            raise TraceError(f"{self.path}: no acceptance table in this trace set (needed for acceptance='trace'; "
+                             "give a per-token rate instead, e.g. --acceptance 0.6)")
         a = self.acceptance
         return (
             a.groupby(["run_id", "sample_id", "verify_id"], as_index=False)

@@ -81,8 +81,12 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
             "tost_pvalue": p_tost, "tost_equivalent": bool(equivalent),
         })
     cells = pd.DataFrame(rows)
+    return cells, _overall(cells)
+
+
+def _overall(cells: pd.DataFrame) -> dict:
     abs_err = cells["error_pct"].abs()
-    overall = {
+    return {
         "n_cells": int(len(cells)),
         "median_abs_error_pct": float(abs_err.median()),
         "p90_abs_error_pct": float(abs_err.quantile(0.9)),
@@ -90,10 +94,31 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
         "ks_reject_fraction": float((cells["ks_pvalue"] < 0.05).mean()),
         "tost_equivalent_fraction": float(cells["tost_equivalent"].mean()),
     }
-    return cells, overall
 
 
-def load_validation_dir(path: str | Path) -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
+def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFrame) -> pd.DataFrame:
+    """Replace the target's ``alone`` decode-step rows by the decode steps the executor
+    ran in its ``target_only`` requests (same session, same process, long decodes).
+
+    Calibrating on the baseline and validating the speculative strategies keeps the
+    comparison honest: ``target_only`` cells then become calibration cells.
+    """
+    tl = timeline[(timeline["strategy"] == "target_only") & (timeline["actor"] == "target")
+                  & (timeline["activity"] == "decode_step")]
+    if tl.empty:
+        raise TraceError("executor timeline: no target_only decode steps to calibrate from")
+    st = stage_timings
+    alone_dec = (st["role"] == "target") & (st["stage"] == "decode_step") & (st["placement"] == "alone")
+    template = st[alone_dec].iloc[0]
+    rows = pd.DataFrame([template] * len(tl)).reset_index(drop=True)
+    rows["duration_ms"] = (tl["end_ms"] - tl["start_ms"]).to_numpy()
+    rows["step"] = np.arange(len(tl))
+    rows["sample_id"] = tl["sample_id"].astype(str).to_numpy() if "sample_id" in tl else "executor"
+    rows["run_id"] = "executor-target_only-decode"
+    return pd.concat([st[~alone_dec], rows], ignore_index=True)
+
+
+def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
     """Read a validation folder written by ``measure.validation_run``.
 
     Returns the executor results (``n_gpus`` derived from ``placement``) and a function
@@ -120,6 +145,11 @@ def load_validation_dir(path: str | Path) -> tuple[pd.DataFrame, Callable[[float
     if not sigmas:
         raise TraceError(f"{res_file}: column 'sigma' has no values (no speculative requests)")
     results["sigma"] = results["sigma"].fillna(sigmas[0])
+    stage_timings = full.stage_timings
+    if decode_from == "executor_target_only":
+        stage_timings = decode_steps_from_executor(stage_timings, pd.read_parquet(path / "executor_timeline.parquet"))
+    elif decode_from != "stages":
+        raise ValueError(f"decode_from must be 'stages' or 'executor_target_only', got {decode_from!r}")
     cache: dict[float, TraceSet] = {}
 
     def traces_for(sigma: float) -> TraceSet:
@@ -127,15 +157,54 @@ def load_validation_dir(path: str | Path) -> tuple[pd.DataFrame, Callable[[float
             sel = acc[np.isclose(acc["sigma"].astype(float), float(sigma))]
             if sel.empty:
                 raise TraceError(f"{path}: no acceptance rows with sigma={sigma}")
-            cache[sigma] = TraceSet.from_frames(full.stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
+            cache[sigma] = TraceSet.from_frames(stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
         return cache[sigma]
 
     return results, traces_for
 
 
 def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "streams",
-                **config) -> tuple[pd.DataFrame, dict]:
+                decode_from: str = "stages", **config) -> tuple[pd.DataFrame, dict]:
     """``compare`` for a validation folder; contention fitted from ``concurrency`` rows
-    (the executor runs the two models as two threads: ``streams``)."""
-    results, traces_for = load_validation_dir(path)
-    return compare(results, traces_for, n_predicted=n_predicted, contention_concurrency=concurrency, **config)
+    (the executor runs the two models as two threads: ``streams``).
+
+    ``decode_from="executor_target_only"`` calibrates the target's decode-step pool on
+    the executor's baseline requests; ``target_only`` cells are then flagged
+    ``calibration`` and left out of the overall error figures.
+    """
+    results, traces_for = load_validation_dir(path, decode_from)
+    cells, overall = compare(results, traces_for, n_predicted=n_predicted,
+                             contention_concurrency=concurrency, **config)
+    cells["calibration"] = (decode_from != "stages") & (cells["strategy"] == "target_only")
+    if cells["calibration"].any():
+        overall = _overall(cells[~cells["calibration"]]) | {"calibrated_on": "target_only decode steps"}
+    return cells, overall
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m egpt_sim.validation DIR [--out DIR]``: both calibration modes, tables + JSON."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m egpt_sim.validation", description=main.__doc__)
+    p.add_argument("folder")
+    p.add_argument("--out", default=None, help="where to write validation_cells_*.csv / overall JSON (default: folder)")
+    p.add_argument("--predicted", type=int, default=400, help="simulated requests per cell")
+    a = p.parse_args(argv)
+    out = Path(a.out or a.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for mode in ("stages", "executor_target_only"):
+        cells, overall = compare_dir(a.folder, n_predicted=a.predicted, decode_from=mode)
+        cells.to_csv(out / f"validation_cells_{mode}.csv", index=False, float_format="%.4g")
+        summary[mode] = overall
+        print(f"\n== decode steps from {mode}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in overall.items()))
+        print(cells[["sigma", "strategy", "output_tokens", "n_measured", "measured_median_ms", "predicted_median_ms",
+                     "error_pct", "ks_pvalue", "tost_equivalent"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    (out / "validation_overall.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

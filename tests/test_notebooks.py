@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 nbformat = pytest.importorskip("nbformat")  # the notebooks extra (papermill, scrapbook, ipykernel)
@@ -205,6 +206,28 @@ def test_01_runs_measure_on_cpu(tmp_path):
     ts = E.load_traces(tmp_path / "_runs" / "measured" / "traces")
     assert s["headline"]["target_prompt_tokens"] == ts.prompt_tokens("target")
     assert not math.isnan(s["headline"]["target_decode_ms"])
+
+
+@pytest.mark.notebooks
+@pytest.mark.skipif(nbrun.measure_available() is not None, reason=f"measure cannot run: {nbrun.measure_available()}")
+def test_05_plots_measured_vs_predicted_from_a_cpu_validation_run(tmp_path):
+    import subprocess
+    import sys
+
+    val = tmp_path / "val"
+    subprocess.run([sys.executable, "-m", "measure.validation_run", "--out", str(val), "--target", "random:tiny",
+                    "--drafter", "random:tiny", "--n-requests", "2", "--lengths", "5,10", "--sigmas", "0.1",
+                    "--device", "cpu", "--dtype", "fp32", "--stage-samples", "2"],
+                   cwd=nbrun.ROOT, check=True, capture_output=True)
+    run = nbrun.run_notebook(nbrun.NOTEBOOK_DIR / "05_validation.ipynb", tmp_path / "nb",
+                             {"VALIDATION_DIR": str(val), "N_PREDICTED": 50})
+    assert run.ok, run.error
+    s = run.scraps
+    results = pd.read_parquet(val / "executor_results.parquet")
+    assert s["validation_available"] is True
+    assert s["n_cells"] == len(results.groupby(["strategy", "output_tokens", results["sigma"].fillna(0.1)]))
+    assert s["validation_overall"]["n_cells"] == s["n_cells"] and s["validation_overall"]["median_abs_error_pct"] >= 0
+    assert [f.name for f in run.figures] == ["measured_vs_predicted.png"]
 
 
 @pytest.mark.notebooks

@@ -143,6 +143,13 @@ def test_tables_from_the_example(example_traces):
     assert R.verify_table(example_traces)["vs_decode_step"].lt(1.0).all()
 
 
+def test_speedup_sweep_is_exactly_the_requested_grid(example_traces):
+    sw = R.speedup_sweep(example_traces, ["parallel_sd"], output_tokens=[10], acceptance=[0.0, 1.0], n_gpus=[2],
+                         n_requests=3, gamma=4)
+    assert len(sw) == 2 * 2 and set(sw["strategy"]) == {"target_only", "parallel_sd"}
+    assert (sw["gamma"] == 4).all() and (sw["speedup_of_means"] > 0).all()
+
+
 def test_break_even_table():
     sweep = pd.DataFrame({"strategy": ["s"] * 3 + ["target_only"], "n_gpus": [1] * 4, "output_tokens": [10] * 4,
                           "acceptance": [0.0, 0.5, 1.0, 0.0], "speedup_of_means": [0.9, 1.05, 1.2, 1.0]})
@@ -152,7 +159,6 @@ def test_break_even_table():
 
 
 def test_curve_requirements_scales_the_measured_curve(example_traces):
-    # needs SimConfig.acceptance_label to accept a CurveAcceptance (planning passes one)
     t = R.curve_requirements(example_traces, 1.05, [20], [2], n_requests=5, tol=0.1)
     assert t["kind"].eq("curve_scale").all()
     assert (t["level"].isna() | (t["level"] >= 0)).all() and (t["max_speedup"] > 0).all()
@@ -175,7 +181,7 @@ def test_load_validation_with_a_compare(tmp_path, monkeypatch):
     cells = pd.DataFrame({"strategy": ["target_only"], "output_tokens": [20], "sigma": [0.0], "n_measured": [5],
                           "measured_median_ms": [1000.0], "predicted_median_ms": [1010.0], "error_pct": [1.0],
                           "ks_pvalue": [0.5], "tost_equivalent": [True]})
-    monkeypatch.setattr(validation, "compare", lambda folder: (cells, {"median_abs_error_pct": 1.0}), raising=False)
+    monkeypatch.setattr(validation, "compare_dir", lambda folder: (cells, {"median_abs_error_pct": 1.0}))
     v = R.load_validation(tmp_path)
     assert v.available and len(v.cells) == 1 and "median |error| 1.0 %" in v.message
     assert str(tmp_path) in v.caption
