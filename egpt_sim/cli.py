@@ -121,10 +121,13 @@ def cmd_traces(a) -> int:
     from .traces import TraceSet, bundled_trace_sets
 
     for name, path in bundled_trace_sets().items():
+        line = ""
         try:
-            line = TraceSet.load(path).provenance()
+            ts = TraceSet.load(path)
+            line = ts.provenance()
+            ts.check_simulatable()
         except TraceError as exc:  # e.g. a target-only frame sweep: data, but not simulatable
-            line = f"(not simulatable: {str(exc).split(': ', 1)[-1]})"
+            line += f" (not simulatable: {str(exc).split(': ', 1)[-1]})"
         print(f"{name:24s} {line}")
     return 0
 

@@ -30,6 +30,7 @@ class DrawBank:
 
     def __init__(self, traces: TraceSet, seed: int, n_requests: int, drafter_speed: float = 1.0,
                  include_cpu_stages: bool = True):
+        traces.check_simulatable()
         self.n_requests = n_requests
         self.seed = seed
         gens = [np.random.default_rng(ss) for i in range(n_requests)

@@ -92,7 +92,7 @@ class TraceSet:
         if schema._table_path(path, schema.ACCEPTANCE_FILE) is not None:
             acc = schema.read_table(path, schema.ACCEPTANCE_FILE)
         ts = cls(st, acc, meta, str(path))
-        ts._check_usable()
+        ts._check_has_samples()
         return ts
 
     @classmethod
@@ -101,13 +101,17 @@ class TraceSet:
         st = schema.validate(stage_timings, schema.STAGE_TIMINGS_FILE, path)
         acc = None if acceptance is None else schema.validate(acceptance, schema.ACCEPTANCE_FILE, path)
         ts = cls(st, acc, metadata, path)
-        ts._check_usable()
+        ts._check_has_samples()
         return ts
 
-    def _check_usable(self) -> None:
-        ok = self.ok_rows
-        if ok.empty:
+    def _check_has_samples(self) -> None:
+        """Zero OK samples is an error at load time: never analyse or report nothing."""
+        if self.ok_rows.empty:
             raise TraceError(f"{self.path}: stage_timings has no rows with status 'ok'")
+
+    def check_simulatable(self) -> None:
+        """Both roles need alone prefill and decode rows to be replayed (a target-only
+        frame sweep loads and plots fine, but cannot drive a simulation)."""
         for role in schema.ROLES:
             for stage in ("prefill", "decode_step"):
                 if self._alone(role, stage).empty:

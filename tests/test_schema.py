@@ -281,9 +281,13 @@ def test_trace_set_missing_required_alone_rows(example_trace_dir, role, stage):
     drop = (df["role"] == role) & (df["stage"] == stage) & (df["placement"] == "alone")
     assert drop.any()
     _write_raw(df[~drop], p)
+    ts = TraceSet.load(example_trace_dir)  # loads (analysis is fine), but cannot be replayed
     with pytest.raises(TraceError) as ei:
-        TraceSet.load(example_trace_dir)
+        ts.check_simulatable()
     _one_line_error(ei, str(example_trace_dir), "'stage'", stage, role, "alone")
+    import egpt_sim as E
+    with pytest.raises(TraceError, match="needed to simulate"):
+        E.simulate(E.SimConfig(n_requests=1, acceptance=0.5), ts)
 
 
 def test_trace_set_with_only_failed_rows(example_trace_dir):
