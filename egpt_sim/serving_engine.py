@@ -40,7 +40,7 @@ import simpy
 
 from . import strategies
 from .acceptance import make_source
-from .gpu import _EPS_MS, Gpu, _Activity
+from .gpu import Gpu
 from .processes import RequestContext
 from .runner import contention_for, draw_bank, planning_inputs, run_request
 from .serving_config import ServingConfig
@@ -74,35 +74,10 @@ class SharedGpu(Gpu):
     def execute(self, role: str, stage: str, work_ms: float):
         """As :meth:`Gpu.execute`; under ``"serial"`` first waits for its role's turn."""
         if self._locks is None:
-            return (yield from self._progress(role, stage, work_ms))
+            return (yield from super().execute(role, stage, work_ms))
         with self._locks[role].request() as turn:
             yield turn
-            return (yield from self._progress(role, stage, work_ms))
-
-    def _progress(self, role: str, stage: str, work_ms: float):
-        """:meth:`Gpu.execute`'s rate loop, ended by its own completion timeout.
-
-        ``Gpu.execute`` loops until ``remaining_ms <= 1e-9``; on a long shared clock
-        (``now`` ~ 1e7..1e8 ms, whose float spacing is 2e-9..1.5e-8 ms) a residual above
-        that bound schedules a timeout that does not advance ``now`` and the loop never
-        ends. Here the activity is done when its completion timeout fires.
-        """
-        env = self.env
-        start = env.now
-        self._advance()
-        act = _Activity(role, stage, float(work_ms))
-        self._active.append(act)
-        self._rerate()
-        while act.remaining_ms > _EPS_MS:
-            act.changed = env.event()
-            done = env.timeout(act.remaining_ms / act.rate)
-            fired = yield done | act.changed
-            self._advance()
-            if done in fired:
-                act.remaining_ms = 0.0
-        self._active.remove(act)
-        self._rerate()
-        return env.now - start
+            return (yield from super().execute(role, stage, work_ms))
 
     def _rerate(self) -> None:
         counts = Counter(a.role for a in self._active)
