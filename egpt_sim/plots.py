@@ -127,7 +127,7 @@ def plot_gantt(timeline: pd.DataFrame, title: str = "", caption: str | None = No
     present = set(tl["activity"])
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for a, c in ACTIVITY_COLORS.items() if a in present]
     labels = [a for a in ACTIVITY_COLORS if a in present]
-    ax.set_title(title or "Timeline of one request")
+    ax.set_title(textwrap.fill(title or "Timeline of one request", 95), fontsize=10)
     return _finish(fig, caption, legend=(handles, labels, len(labels)))
 
 
@@ -223,29 +223,94 @@ def plot_memory(memory: pd.DataFrame, caption: str | None = None):
     return _finish(fig, caption)
 
 
-def plot_contention(contention: pd.DataFrame, caption: str | None = None):
+def plot_contention(contention: pd.DataFrame, caption: str | None = None, simulated: str | None = None):
     """Same-GPU slow-down factors per (role, stage); fallbacks (not measured) are hatched.
 
-    ``contention``: ``ContentionModel.table()`` (role, stage, contention_factor, measured).
+    ``contention``: ``ContentionModel.table()`` (role, stage, contention_factor, measured),
+    optionally with a ``concurrency`` column (``report.contention_by_concurrency``): one bar
+    per concurrency (``processes`` / ``streams``) per row. ``simulated`` names the
+    concurrency the simulator uses; it is written in the title.
     """
     _require(contention, "plot_contention", "the contention table")
     _need_columns(contention, "plot_contention", ["role", "stage", "contention_factor", "measured"])
     rank = {s: i for i, s in enumerate(STAGE_LABELS)}
-    d = contention.assign(_r=contention["stage"].map(rank)).sort_values(["role", "_r"]).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(d) + 1.8))
-    y = np.arange(len(d))
-    for i, r in d.iterrows():
-        ax.barh(i, r["contention_factor"] - 1.0, left=1.0, color=ROLE_COLORS.get(r["role"], "k"),
-                hatch=None if r["measured"] else "//", alpha=1.0 if r["measured"] else 0.45, edgecolor="black", linewidth=0.4)
-        tag = "" if r["measured"] else "  (fallback, not measured)"
-        ax.text(r["contention_factor"] + 0.02, i, f"x{r['contention_factor']:.2f}{tag}", va="center", fontsize=8)
+    c = contention.copy()
+    if "concurrency" not in c:
+        c["concurrency"] = ""
+    concs = list(dict.fromkeys(c["concurrency"]))
+    keys = (c.assign(_r=c["stage"].map(rank)).sort_values(["role", "_r"])[["role", "stage"]]
+            .drop_duplicates().reset_index(drop=True))
+    n = len(concs)
+    fig, ax = plt.subplots(figsize=(9.5, (0.32 * n + 0.12) * len(keys) + 1.9))
+    h = 0.8 / n
+    shades = {"processes": 1.0, "streams": 0.55, "any": 0.8, "": 1.0}
+    for j, conc in enumerate(concs):
+        d = c[c["concurrency"] == conc].set_index(["role", "stage"])
+        for i, (role, stage) in enumerate(zip(keys["role"], keys["stage"])):
+            if (role, stage) not in d.index:
+                continue
+            r = d.loc[(role, stage)]
+            y = i + (j - (n - 1) / 2) * h
+            f, meas = float(r["contention_factor"]), bool(r["measured"])
+            ax.barh(y, max(f - 1.0, 0.004), left=1.0, height=h * 0.9, color=ROLE_COLORS.get(role, "k"),
+                    hatch=None if meas else "//", alpha=shades.get(conc, 0.8) * (1.0 if meas else 0.5),
+                    edgecolor="black", linewidth=0.4)
+            tag = ("" if meas else " (fallback, not measured)") + (f"  [{conc}]" if n > 1 else "")
+            ax.text(f + 0.02, y, f"x{f:.2f}{tag}", va="center", fontsize=7.5)
     ax.axvline(1.0, color="black", lw=1)
-    ax.set_yticks(y)
-    ax.set_yticklabels([f"{ROLE_NAMES.get(r, r)}: {STAGE_LABELS.get(s, s)}" for r, s in zip(d["role"], d["stage"])], fontsize=8)
+    ax.set_yticks(np.arange(len(keys)))
+    ax.set_yticklabels([f"{ROLE_NAMES.get(r, r)}: {STAGE_LABELS.get(s, s)}" for r, s in zip(keys["role"], keys["stage"])],
+                       fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(1.0, float(d["contention_factor"].max()) * 1.25 + 0.1)
-    ax.set_xlabel("slow-down factor = median with the peer busy on the same GPU / median alone")
-    ax.set_title("Same-GPU contention factors")
+    ax.set_xlim(1.0, float(c["contention_factor"].max()) * 1.3 + 0.15)
+    ax.set_xlabel("slow-down factor = median with the peer busy on the same GPU / median alone (1 = no slow-down)")
+    title = "Same-GPU contention factors"
+    if n > 1:
+        title += " per concurrency (" + " vs ".join(f"{x}: {'dark' if shades.get(x, 1) == 1 else 'light'}" for x in concs) + ")"
+    elif concs[0]:
+        title += f" ({concs[0]})"
+    if simulated:
+        title += f"\nthe simulator uses the '{simulated}' factors"
+    ax.set_title(title, fontsize=10)
+    return _finish(fig, caption)
+
+
+def plot_stage_comparison(comparison: pd.DataFrame, caption: str | None = None, title: str = ""):
+    """Stage medians of several trace sets side by side, one panel per role.
+
+    ``comparison``: :func:`egpt_sim.report.stage_comparison` (set, role, stage, median_ms,
+    q25_ms, q75_ms). Whiskers are the interquartile range.
+    """
+    _require(comparison, "plot_stage_comparison", "the stage comparison")
+    _need_columns(comparison, "plot_stage_comparison", ["set", "role", "stage", "median_ms", "q25_ms", "q75_ms"])
+    sets = list(dict.fromkeys(comparison["set"]))
+    order = [s for s in STAGE_LABELS if s in set(comparison["stage"])]
+    roles = [r for r in ROLE_COLORS if r in set(comparison["role"])]
+    fig, axes = plt.subplots(1, len(roles), figsize=(5.6 * len(roles), 0.55 * len(order) * len(sets) + 1.6), sharey=True,
+                             squeeze=False)
+    colors = ["#3182bd", "#e6550d", "#31a354", "#756bb1"]
+    h = 0.8 / len(sets)
+    xmax = float(comparison["q75_ms"].max())
+    for ax, role in zip(axes[0], roles):
+        for j, name in enumerate(sets):
+            d = comparison[(comparison["set"] == name) & (comparison["role"] == role)].set_index("stage").reindex(order)
+            y = np.arange(len(order)) + (j - (len(sets) - 1) / 2) * h
+            med = d["median_ms"].to_numpy(float)
+            err = np.vstack([med - d["q25_ms"].to_numpy(float), d["q75_ms"].to_numpy(float) - med])
+            ax.barh(y, np.nan_to_num(med), height=h * 0.9, color=colors[j % 4], label=name, xerr=np.nan_to_num(err),
+                    error_kw={"elinewidth": 0.7, "capsize": 2})
+            for yy, m, q in zip(y, med, d["q75_ms"].to_numpy(float)):
+                if np.isfinite(m):
+                    ax.text(max(m, q) + xmax * 0.015, yy, f"{m:.1f}", va="center", fontsize=7)
+        ax.set_title(ROLE_NAMES.get(role, role), fontsize=10)
+        ax.set_xlim(0, xmax * 1.2)
+        ax.set_xlabel("median ms (whiskers: IQR), alone")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(np.arange(len(order)))
+    axes[0][0].set_yticklabels([STAGE_LABELS[s] for s in order])
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or "Stage timings: " + " vs ".join(sets))
     return _finish(fig, caption)
 
 
@@ -288,6 +353,45 @@ def plot_acceptance_curves(by_position: pd.DataFrame, alpha: float | None = None
     a2.legend(fontsize=7.5)
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
+    return _finish(fig, caption)
+
+
+def plot_acceptance_by_group(by_group: pd.DataFrame, by: str = "sigma", caption: str | None = None,
+                             labels: dict | None = None):
+    """Per-group acceptance curves (e.g. one per drafter perturbation sigma or acceptance run).
+
+    ``by_group``: :func:`egpt_sim.report.acceptance_by_group` (position, per_token_match_rate,
+    p_accept_len_gt, n_blocks, ``by``, per_token_match_rate_pooled). Left: per-token match
+    rate at draft position i; right: P(accepted length > i), with the i.i.d. geometric model
+    alpha^(i+1) at each group's pooled per-token match rate (dashed, same colour).
+    """
+    _require(by_group, "plot_acceptance_by_group", "the per-group table")
+    _need_columns(by_group, "plot_acceptance_by_group",
+                  ["position", "per_token_match_rate", "p_accept_len_gt", "n_blocks", by])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    groups = list(dict.fromkeys(by_group.sort_values(by)[by]))
+    for j, g in enumerate(groups):
+        d = by_group[by_group[by] == g].sort_values("position")
+        i = d["position"].to_numpy(int) - 1
+        color = plt.cm.viridis(j / max(1, len(groups) - 1) * 0.9)
+        name = (labels or {}).get(g, f"{by} = {g:g}" if isinstance(g, (int, float, np.number)) else f"{by} = {g}")
+        alpha = float(d["per_token_match_rate_pooled"].iloc[0]) if "per_token_match_rate_pooled" in d else \
+            float(np.average(d["per_token_match_rate"].fillna(0)))
+        nb = int(d["n_blocks"].max())
+        a1.plot(i, d["per_token_match_rate"], "o-", color=color, label=f"{name}: alpha = {alpha:.3f} ({nb} verifications)")
+        a2.plot(i, d["p_accept_len_gt"], "o-", color=color,
+                label=f"{name}: mean accepted prefix {d['p_accept_len_gt'].fillna(0).sum():.2f}")
+        a2.plot(i, alpha ** (i + 1.0), "--", color=color, lw=1)
+    a1.set_xlabel("draft position i (0 = first draft)")
+    a1.set_ylabel("per-token match rate at position i")
+    a1.set_title("Per-token match rate (all positions)")
+    a2.set_xlabel("i (drafts)")
+    a2.set_ylabel("P(accepted length > i)")
+    a2.set_title("Accepted prefix survival; dashed = i.i.d. alpha^(i+1)")
+    for ax in (a1, a2):
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
     return _finish(fig, caption)
 
 
@@ -348,15 +452,17 @@ def plot_rate_comparison(rates: pd.DataFrame, caption: str | None = None):
             xx = x + (j - (len(series) - 1) / 2) * w
             bars = ax.bar(xx, vals, width=w * 0.92, label=name, color=colors[j])
             for b, v in zip(bars, vals):
-                ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7.5)
+                ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom",
+                        fontsize=7.5 if len(r) <= 3 else 6, rotation=0 if len(r) * len(series) <= 9 else 90)
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{g}\n(gamma {m:.0f})" for g, m in zip(r["group"], r["mean_gamma"])], fontsize=8)
+        ax.set_xticklabels([f"{textwrap.fill(str(g), 14)}\n(gamma {m:.0f})" for g, m in zip(r["group"], r["mean_gamma"])],
+                           fontsize=8 if len(r) <= 3 else 7)
         ax.legend(fontsize=7.5, loc="upper left")
     a1.set_ylim(0, 1.1)
     a1.set_ylabel("fraction")
     a1.set_title("Rates: per draft position vs accepted")
     top = max(float(np.nanmax(np.asarray(list(v), float))) for v in right.values())
-    a2.set_ylim(0, top * 1.3 + 0.1)
+    a2.set_ylim(0, top * (1.3 if len(r) * len(right) <= 9 else 1.45) + 0.1)
     a2.set_ylabel("tokens per verification")
     a2.set_title("Accepted tokens per verification")
     return _finish(fig, caption)
@@ -474,7 +580,8 @@ def plot_best_strategy(best: pd.DataFrame, caption: str | None = None):
         ax.imshow(codes, origin="lower", aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(strategies) - 0.5)
         if sp.size <= 80:
             for (yy, xx), v in np.ndenumerate(sp.to_numpy()):
-                ax.text(xx, yy, f"{v:.2f}", ha="center", va="center", fontsize=6.5)
+                ax.text(xx, yy, f"{v:.3f}" if abs(v - 1.0) < 0.005 and v != 1.0 else f"{v:.2f}", ha="center", va="center",
+                        fontsize=6.5)
         ax.set_xticks(range(strat.shape[1]))
         ax.set_xticklabels(strat.columns, fontsize=7)
         step = max(1, strat.shape[0] // 8)
@@ -545,6 +652,10 @@ def plot_required_acceptance(table: pd.DataFrame, caption: str | None = None):
         miss = d[d["level"].isna()]
         if len(miss):
             ax.plot(miss["output_tokens"], [ymax * 0.97] * len(miss), "x", color=color, ms=9, mew=2)
+            if "max_speedup" in miss:
+                for x, m in zip(miss["output_tokens"], miss["max_speedup"]):
+                    ax.annotate(f"max {m:.2f}x", (x, ymax * 0.97), textcoords="offset points", xytext=(6, -12 - 9 * j),
+                                fontsize=6.5, color=color)
     if table["level"].isna().any():
         ax.text(0.01, 0.02, "x at the top = unreachable (even perfect acceptance falls short)", transform=ax.transAxes,
                 fontsize=7.5, va="bottom")
@@ -642,7 +753,7 @@ def plot_seed_scenarios(scenarios: pd.DataFrame, caption: str | None = None):
 # --------------------------------------------------------------------------- validation
 
 
-def plot_validation(cells: pd.DataFrame, caption: str | None = None):
+def plot_validation(cells: pd.DataFrame, caption: str | None = None, title: str | None = None):
     """Measured vs predicted median latency per validation cell, with y = x and +-10 %.
 
     ``cells``: ``validation.compare(...)[0]`` (strategy, measured_median_ms,
@@ -650,33 +761,63 @@ def plot_validation(cells: pd.DataFrame, caption: str | None = None):
     """
     _require(cells, "plot_validation", "the validation cells")
     _need_columns(cells, "plot_validation", ["strategy", "measured_median_ms", "predicted_median_ms"])
-    fig, ax = plt.subplots(figsize=(6.5, 6))
+    fig, ax = plt.subplots(figsize=(7, 6.4))
     lo = float(min(cells["measured_median_ms"].min(), cells["predicted_median_ms"].min())) * 0.9
     hi = float(max(cells["measured_median_ms"].max(), cells["predicted_median_ms"].max())) * 1.1
     xx = np.array([lo, hi])
     ax.fill_between(xx, xx * 0.9, xx * 1.1, color="#dddddd", label="+-10 %")
     ax.plot(xx, xx, "k-", lw=1, label="predicted = measured")
     markers = {1: "o", 2: "s", 4: "^", 8: "D"}
+    calib = cells["calibration"].astype(bool) if "calibration" in cells else pd.Series(False, index=cells.index)
     for (s, g), d in cells.assign(n_gpus=cells.get("n_gpus", 1)).groupby(["strategy", "n_gpus"]):
-        ax.scatter(d["measured_median_ms"], d["predicted_median_ms"], color=STRATEGY_COLORS.get(s, "k"),
-                   marker=markers.get(int(g), "o"), s=36, edgecolor="black", linewidth=0.4,
-                   label=f"{s}, {g} GPU{'s' if g > 1 else ''}")
+        cal = calib.loc[d.index]
+        label = f"{s}, {g} GPU{'s' if g > 1 else ''}"
+        if cal.any():
+            ax.scatter(d.loc[cal, "measured_median_ms"], d.loc[cal, "predicted_median_ms"], facecolor="none",
+                       edgecolor=STRATEGY_COLORS.get(s, "k"), marker=markers.get(int(g), "o"), s=36, linewidth=1.2,
+                       label=label + " (calibration cells, not scored)")
+        if (~cal).any():
+            ax.scatter(d.loc[~cal, "measured_median_ms"], d.loc[~cal, "predicted_median_ms"], color=STRATEGY_COLORS.get(s, "k"),
+                       marker=markers.get(int(g), "o"), s=36, edgecolor="black", linewidth=0.4, label=label)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    if hi / lo > 8:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(fmt)
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ticks = [t for t in (100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000, 50000) if lo <= t <= hi]
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
     ax.set_xlabel("measured median latency (ms), real executor")
     ax.set_ylabel("predicted median latency (ms), simulator")
-    title = "Simulator vs measured"
+    head = title or "Simulator vs measured"
     if "error_pct" in cells:
-        title += f" (median |error| {cells['error_pct'].abs().median():.1f} %, {len(cells)} cells)"
-    ax.set_title(title, fontsize=10)
+        scored = cells[~calib]
+        head += f"\nmedian |error| {scored['error_pct'].abs().median():.1f} % over {len(scored)} scored cells"
+        if "n_measured" in cells:
+            head += f" ({int(cells['n_measured'].sum())} measured requests in all)"
+    ax.set_title(head, fontsize=10)
     ax.legend(fontsize=7.5, loc="upper left")
     ax.grid(alpha=0.3)
     return _finish(fig, caption)
 
 
-def plot_serving_latency(df: pd.DataFrame, caption: str | None = None, metric: str = "latency_p90_ms"):
-    """Serving latency vs offered load (``report.serving_latency_vs_load``), captioned."""
+def plot_serving_latency(df: pd.DataFrame, caption: str | None = None, metric: str = "latency_p90_ms",
+                         title: str | None = None):
+    """Serving latency vs offered load (``report.serving_latency_vs_load``), captioned.
+
+    ``split[1d]`` = one GPU for the drafter(s), the rest for target replicas; ``colocated``
+    = drafter + target pairs sharing each GPU; ``target_only`` = one target replica per GPU.
+    """
     _require(df, "plot_serving_latency", "the serving sweep")
     from .serving_plots import plot_latency_vs_load
 
-    return add_caption(plot_latency_vs_load(df, metric=metric), caption)
+    names = {"latency_p90_ms": "p90 latency", "latency_p50_ms": "median latency", "latency_mean_ms": "mean latency"}
+    title = title or f"Serving: {names.get(metric, metric)} vs offered load (one shared FIFO queue)"
+    fig = plot_latency_vs_load(df, metric=metric, title=title)
+    fig.axes[0].set_ylabel(f"{names.get(metric, metric)} per request (s, log scale)")
+    fig.axes[0].title.set_fontsize(10)
+    return add_caption(fig, caption)

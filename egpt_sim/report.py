@@ -160,26 +160,77 @@ def frames_table(ts: TraceSet) -> pd.DataFrame:
     return pre.join(vis).reset_index()
 
 
-def contention_table(ts: TraceSet) -> pd.DataFrame | None:
-    """Fitted same-GPU slow-down factors, or None without ``shared_gpu`` rows."""
+def contention_table(ts: TraceSet, concurrency: str = "auto") -> pd.DataFrame | None:
+    """Fitted same-GPU slow-down factors, or None without ``shared_gpu`` rows.
+
+    ``concurrency="auto"`` is what the simulator uses by default (``SimConfig.contention_concurrency``):
+    separate processes when measured, else streams. The ``concurrency`` column names the rows used.
+    """
     try:
-        return ts.contention("shared_gpu").table()
+        table = ts.contention("shared_gpu", concurrency).table()
     except TraceError:
         return None
+    if concurrency == "auto":
+        shared = ts.ok_rows[(ts.ok_rows["placement"] == "shared_gpu") & ts.ok_rows["peer_busy"]]
+        present = set(shared["concurrency"].astype(str))
+        concurrency = next((c for c in ("processes", "streams") if c in present), "any")
+    return table.assign(concurrency=concurrency)
 
 
-def acceptance_rates(ts: TraceSet) -> pd.DataFrame | None:
+def contention_by_concurrency(ts: TraceSet) -> pd.DataFrame | None:
+    """Contention factors fitted separately for every measured concurrency (``streams``:
+    two threads of one process; ``processes``), stacked; None without ``shared_gpu`` rows."""
+    shared = ts.ok_rows[(ts.ok_rows["placement"] == "shared_gpu") & ts.ok_rows["peer_busy"]]
+    present = [c for c in ("processes", "streams") if c in set(shared["concurrency"].astype(str))]
+    tables = [t for t in (contention_table(ts, c) for c in present) if t is not None]
+    if not tables:
+        return contention_table(ts, "any")
+    return pd.concat(tables, ignore_index=True)
+
+
+def load_for_analysis(name: str | Path) -> TraceSet:
+    """A trace set loaded for tables only: no check that it can be *simulated* (a frames sweep
+    of the target alone has no drafter rows, yet its token-scaling table is valid)."""
+    path = resolve_trace_set(name)
+    meta = schema.read_metadata(path)
+    st = schema.read_table(path, schema.STAGE_TIMINGS_FILE)
+    acc = schema.read_table(path, schema.ACCEPTANCE_FILE) if schema._table_path(path, schema.ACCEPTANCE_FILE) else None
+    ts = TraceSet(st, acc, meta, str(path))
+    if ts.ok_rows.empty:
+        raise TraceError(f"{path}: stage_timings has no rows with status 'ok'")
+    return ts
+
+
+def stage_comparison(sets: dict[str, TraceSet]) -> pd.DataFrame:
+    """Stage medians of several trace sets side by side (e.g. fp16 vs 4-bit): one row per
+    (set, role, stage) from :func:`stage_table`, with a ``set`` column."""
+    return pd.concat([stage_table(ts).assign(set=name) for name, ts in sets.items()], ignore_index=True)
+
+
+def acceptance_rates(ts: TraceSet, by: str | None = None) -> pd.DataFrame | None:
     """The three acceptance numbers for all verifications, the window block (verify 0)
     and later blocks; plus what the i.i.d. prefix model and the seeds' drafts x rate
-    arithmetic would say at the same per-token rate. None without an acceptance table."""
+    arithmetic would say at the same per-token rate. None without an acceptance table.
+
+    ``by`` (e.g. ``"sigma"`` or ``"run_id"``): one row per value of that column instead of
+    the window/later split (several acceptance runs pooled in one table are kept apart).
+    """
     a = ts.acceptance
     if a is None:
         return None
-    groups = [("all verifications", a), ("window block (verify 0)", a[a["verify_id"] == 0]),
-              ("later blocks", a[a["verify_id"] > 0])]
+    if by is not None:
+        if by not in a.columns:
+            raise ValueError(f"acceptance_rates: the acceptance table has no column {by!r}")
+        groups = [("all verifications", a)] + [(f"{by} = {v:g}" if isinstance(v, (int, float, np.number)) else str(v),
+                                                 a[a[by] == v]) for v in sorted(a[by].dropna().unique())]
+        if a[by].nunique() <= 1:
+            groups = groups[:1]
+    else:
+        groups = [("all verifications", a), ("window block (verify 0)", a[a["verify_id"] == 0]),
+                  ("later blocks", a[a["verify_id"] > 0])]
     rows = []
     for name, d in groups:
-        if d.empty or (name == "window block (verify 0)" and len(d) == len(a)):
+        if d.empty or (name != "all verifications" and len(d) == len(a)):
             continue
         s = acceptance_summary(d)
         gam = d.groupby(["run_id", "sample_id", "verify_id"])["gamma"].first()
@@ -187,6 +238,44 @@ def acceptance_rates(ts: TraceSet) -> pd.DataFrame | None:
         s["seeds_drafts_x_rate"] = s["mean_gamma"] * s["per_token_match_rate"]
         rows.append({"group": name} | s)
     return pd.DataFrame(rows)
+
+
+def acceptance_by_group(ts: TraceSet, by: str = "sigma") -> pd.DataFrame | None:
+    """:func:`acceptance_by_position` per value of ``by`` (a ``by`` column added), for
+    per-run / per-sigma curves; None without an acceptance table."""
+    a = ts.acceptance
+    if a is None:
+        return None
+    if by not in a.columns:
+        raise ValueError(f"acceptance_by_group: the acceptance table has no column {by!r}")
+    return pd.concat([acceptance_by_position(d).assign(**{by: v, "per_token_match_rate_pooled": float(d["matched"].mean())})
+                      for v, d in a.groupby(by)], ignore_index=True)
+
+
+def acceptance_caption(ts: TraceSet, run_id: str | None = None) -> str:
+    """Provenance of an acceptance table: verifications, runs and how each run's drafter was made
+    (the run metadata's ``drafter_context`` / ``sigma``; a perturbed copy of the target is not
+    a trained drafter), appended to the trace set's provenance line."""
+    a = ts.acceptance
+    if a is None:
+        return ts.provenance()
+    runs = ts.metadata.get("runs", {})
+    parts = []
+    for rid, d in a.groupby("run_id"):
+        if run_id is not None and rid != run_id:
+            continue
+        r = runs.get(rid, {})
+        n = d.groupby(["sample_id", "verify_id"]).ngroups
+        how = []
+        if r.get("drafter_context") is not None:
+            how.append(f"drafter context {r['drafter_context']}")
+        if r.get("sigma") is not None:
+            how.append(f"sigma {r['sigma']:g}")
+        kinds = {str(m.get("kind")) for m in r.get("models", {}).values() if m.get("kind")}
+        if kinds == {"random"}:
+            how.append("random weights")
+        parts.append(f"{rid}: {n} verifications" + (f" ({', '.join(how)})" if how else ""))
+    return f"{ts.provenance()} | acceptance: {'; '.join(parts)}"
 
 
 def headline_numbers(ts: TraceSet) -> dict:
@@ -254,6 +343,14 @@ def timeline_frame(ts: TraceSet, strategies: Sequence[str] = ("target_only", "pr
     return pd.concat(frames, ignore_index=True)
 
 
+def gantt_title(output_tokens: int, n_gpus: int, acceptance, gamma: int) -> str:
+    """Title of a one-request Gantt chart naming tokens, GPUs, acceptance and gamma."""
+    acc = ("replayed acceptance trace" if acceptance == "trace"
+           else f"i.i.d. per-token match rate alpha = {float(acceptance):g}")
+    gpus = "1 shared GPU (fitted contention)" if n_gpus == 1 else f"{n_gpus} GPUs (drafter on its own)"
+    return f"One simulated request: {output_tokens} tokens, {gpus}, {acc}, gamma = {gamma}"
+
+
 def speedup_sweep(ts: TraceSet, strategies: Sequence[str] = SD_STRATEGIES, output_tokens: Sequence[int] = (10, 50, 100),
                   acceptance: Sequence = (0.0, 0.5, 1.0), n_gpus: Sequence[int] = (1, 2), n_requests: int = 100,
                   **config) -> pd.DataFrame:
@@ -296,26 +393,44 @@ def break_even_table(sweep: pd.DataFrame, threshold: float = 1.0) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def curve_requirements(ts: TraceSet, target_speedup: float, output_tokens: Sequence[int], n_gpus: Sequence[int],
-                       **kw) -> pd.DataFrame | None:
-    """Minimum scale of the *measured* per-position conditional curve reaching
-    ``target_speedup`` (``planning.required_acceptance_table`` with ``curve``); None
-    without an acceptance table."""
-    from .planning import required_acceptance_table, trace_curve
+def acceptance_curve(ts: TraceSet, run_id: str | None = None) -> tuple[float, ...] | None:
+    """The measured conditional per-position acceptance curve of ``ts`` (only ``run_id``'s
+    verifications when given); None without an acceptance table."""
+    from .planning import trace_curve
 
     if ts.acceptance is None:
         return None
-    return required_acceptance_table(ts, target_speedup, output_tokens, n_gpus, curve=trace_curve(ts), **kw)
+    if run_id is None:
+        return trace_curve(ts)
+    a = ts.acceptance[ts.acceptance["run_id"] == run_id]
+    if a.empty:
+        raise ValueError(f"{ts.path}: no acceptance rows for run_id {run_id!r} "
+                         f"(has {sorted(ts.acceptance['run_id'].unique())})")
+    return trace_curve(TraceSet(ts.stage_timings, a, ts.metadata, ts.path))
+
+
+def curve_requirements(ts: TraceSet, target_speedup: float, output_tokens: Sequence[int], n_gpus: Sequence[int],
+                       curve: Sequence[float] | None = None, **kw) -> pd.DataFrame | None:
+    """Minimum scale of a *measured* per-position conditional curve reaching
+    ``target_speedup`` (``planning.required_acceptance_table`` with ``curve``). ``curve``
+    defaults to ``ts``'s own (:func:`acceptance_curve`); None without either."""
+    from .planning import required_acceptance_table
+
+    curve = acceptance_curve(ts) if curve is None else curve
+    if curve is None:
+        return None
+    return required_acceptance_table(ts, target_speedup, output_tokens, n_gpus, curve=tuple(curve), **kw)
 
 
 def optional_trace_set(name: str | Path | None, bundled: str) -> TraceSet | None:
-    """``name`` loaded, else the bundled set ``bundled`` when it exists, else None."""
+    """``name`` loaded for analysis (:func:`load_for_analysis`: it need not be simulatable),
+    else the bundled set ``bundled`` when it exists, else None."""
     if name is not None:
-        return TraceSet.load(resolve_trace_set(name))
+        return load_for_analysis(name)
     from .traces import bundled_trace_sets
 
     path = bundled_trace_sets().get(bundled)
-    return TraceSet.load(path) if path is not None else None
+    return load_for_analysis(path) if path is not None else None
 
 
 def serving_latency_vs_load(ts: TraceSet, rates_rps: Sequence[float], n_gpus: int = 2, n_requests: int = 200,
@@ -426,7 +541,8 @@ class _Report:
 def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, output_tokens: int = 50, gamma: int = 8,
                  n_gpus: Sequence[int] = (1, 2), strategies: Sequence[str] = STRATEGIES, n_requests: int = 200,
                  seed: int = 0, target_speedup: float = 1.2, plan: bool = True, seed_scenarios: bool = True,
-                 plan_tol: float = 0.01) -> Path:
+                 plan_tol: float = 0.01, acceptance=None, frames_traces: str | Path | None = None,
+                 alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)) -> Path:
     """Write ``out_dir/report.md`` plus PNG figures for a trace set; returns the report path.
 
     Raises :class:`TraceError` for a trace set with zero OK samples or a missing stage.
@@ -439,7 +555,7 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
     head = headline_numbers(ts)
     gpus = gpu_counts(ts, n_gpus)
     strategies = list(dict.fromkeys(["target_only", *strategies]))
-    acceptance = default_acceptance(ts)
+    acceptance = default_acceptance(ts) if acceptance is None else acceptance
     sims = strategy_table(ts, output_tokens, gamma, gpus, strategies, acceptance, n_requests, seed)
     R = _Report(out, prov)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -449,8 +565,13 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
               "computed from this trace set, so they are only as real as its inputs.", "")
     n_failed = int((ts.stage_timings["status"] != "ok").sum())
     acc_desc = ("replay of the recorded verifications" if acceptance == "trace"
-                else "alpha = 0 (no acceptance recorded: a lower bound)")
-    R.add(f"**Trace set:** `{ts.path}`  ", f"**Provenance:** {prov}  ",
+                else "alpha = 0 (no acceptance recorded: a lower bound; see the alpha sweep)" if acceptance == 0.0
+                else f"i.i.d. per-token match rate alpha = {acceptance:g} (assumed, not measured)")
+    alpha_sweep = None
+    if alphas:
+        alpha_sweep = speedup_sweep(ts, [s_ for s_ in strategies if s_ not in ("target_only", "drafter_only")],
+                                    [output_tokens], list(alphas), gpus, n_requests=n_requests, gamma=gamma, seed=seed)
+    R.add(f"**Trace set:** `{_shown_path(ts.path)}`  ", f"**Provenance:** {prov}  ",
           f"**Samples:** {head['n_samples']} OK samples ({n_failed} failed rows ignored)  ",
           f"**Scenario simulated:** {output_tokens} output tokens, gamma = {gamma}, {n_requests} requests per "
           f"scenario, seed {seed}, acceptance = {acc_desc}; GPU counts {gpus}  ",
@@ -474,7 +595,17 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
         summary += [("Per-token match rate", f"{a['per_token_match_rate']:.3f}"),
                     ("Mean accepted prefix length", f"{a['mean_accepted_prefix_len']:.2f} of {a['mean_gamma']:.0f} drafts")]
     for g, b in best.iterrows():
-        summary.append((f"Best SD strategy at {output_tokens} tokens, {_gpus(g)}", f"{b['strategy']}: {b['speedup_of_means']:.3f}x"))
+        summary.append((f"Best SD strategy at {output_tokens} tokens, {_gpus(g)} ({acc_desc.split(' (')[0]})",
+                        f"{b['strategy']}: {b['speedup_of_means']:.3f}x"))
+    if alpha_sweep is not None:
+        sd_sweep = alpha_sweep[alpha_sweep["strategy"] != "target_only"]
+        for g, d in sd_sweep.groupby("n_gpus"):
+            for a_ in (0.7, 1.0):
+                e = d[np.isclose(d["acceptance"].astype(float), a_)]
+                if len(e) and not (isinstance(acceptance, float) and np.isclose(acceptance, a_)):
+                    b = e.loc[e["speedup_of_means"].idxmax()]
+                    summary.append((f"Best SD strategy at {output_tokens} tokens, {_gpus(g)}, alpha = {a_:g} (i.i.d., assumed)",
+                                    f"{b['strategy']}: {b['speedup_of_means']:.3f}x"))
     R.table(pd.DataFrame(summary, columns=["Metric", "Value"]))
 
     R.add("## 5-stage timing comparison", "",
@@ -496,11 +627,19 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
     R.table(pd.DataFrame([[r.role, r.frames, f"{r.phase_median_ms:.1f} ms", f"{r.prefill_median_ms:.1f} ms",
                            f"{r.prompt_tokens} tokens", f"{r.prefill_tok_per_s:,.0f} tok/s"] for r in pf.itertuples()],
                          columns=["Model", "Frames", "Prefill complete (S1-S4)", "LLM prefill (S4)", "Prefill length", "Prefill throughput"]))
-    ft = frames_table(ts)
+    ft, ft_prov = frames_table(ts), prov
+    if ft.groupby("role")["frames"].nunique().max() <= 1 and frames_traces is not None:
+        fts = load_for_analysis(frames_traces)
+        ft, ft_prov = frames_table(fts), fts.provenance()
     if ft.groupby("role")["frames"].nunique().max() > 1:
         R.add("### Token scaling over frames", "")
-        R.table(ft, ".1f")
-        R.figure(plots.plot_prefill_scaling(ft, caption=prov), "prefill_scaling", "prefill length and time vs frames")
+        if ft_prov != prov:
+            R.add(f"From the frames sweep `{_shown_path(str(resolve_trace_set(frames_traces)))}` (models running alone):", "")
+        R.add(md_table(ft, ".1f"), "", f"*Source: {ft_prov}*", "")
+        plots.save(plots.plot_prefill_scaling(ft, caption=ft_prov), out, "prefill_scaling")
+        R.figures.append("prefill_scaling.png")
+        R.add("![prefill length and time vs frames](prefill_scaling.png)", "",
+              f"*Figure: prefill length and time vs frames. Source: {ft_prov}*", "")
     else:
         R.add("One frame count per role in this trace set; token scaling over frames needs a frames sweep "
               "(`python -m measure stages --frames 1,4,8,16,32`).", "")
@@ -527,10 +666,14 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
     if ct is None:
         R.add("No `shared_gpu` rows: contention could not be fitted, so one-GPU scenarios are not simulated.", "")
     else:
+        cc = contention_by_concurrency(ts)
         R.add("Factor = median duration with the peer model busy on the same GPU / median alone. On one GPU the "
-              "simulator slows both models by these factors while they overlap: drafting in the window is not free.", "")
-        R.table(ct)
-        R.figure(plots.plot_contention(ct, caption=prov), "contention", "same-GPU contention factors")
+              "simulator slows both models by these factors while they overlap: drafting in the window is not free. "
+              f"It uses the **{ct['concurrency'].iloc[0]}** factors (`contention_concurrency = auto`); `streams` = the two "
+              "models as two threads of one process, `processes` = two processes. Fallback rows were not measured.", "")
+        R.table(cc.pivot_table(index=["role", "stage"], columns="concurrency", values="contention_factor").reset_index())
+        R.figure(plots.plot_contention(cc, caption=prov, simulated=ct["concurrency"].iloc[0]), "contention",
+                 "same-GPU contention factors per concurrency")
 
     R.add("## Parallel execution analysis", "",
           "From **simulated events** (SimPy replay of the traces, same draws for every strategy), not from "
@@ -546,7 +689,9 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
 
     R.add("## Acceptance (three named numbers)", "")
     if rates is None:
-        R.add("No acceptance table in this trace set; simulations use alpha = 0 (no draft accepted).", "")
+        R.add(f"No acceptance table in this trace set; the simulations use {acc_desc}. Measured acceptance curves "
+              "(per-token match rate, mean accepted prefix length, P(accepted length > i)) need a trace set with one, "
+              "e.g. `h100/validation` (notebook 02).", "")
     else:
         R.add("* **per-token match rate**: fraction of draft positions whose token equals the target's (all positions);",
               "* **mean accepted prefix length**: tokens accepted per verification, up to the first mismatch;",
@@ -575,6 +720,14 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
                   "verify_passes_mean", "speedup_of_means"]], ".2f")
     R.figure(plots.plot_strategy_speedups(sims, caption=prov, title=f"Simulated speedup, {output_tokens} tokens"),
              "strategy_speedups", "simulated speedup per strategy and GPU count")
+    if alpha_sweep is not None:
+        R.add(f"### Speedup vs per-token match rate alpha ({output_tokens} tokens, i.i.d. prefix model)", "",
+              "Acceptance is not measured in this trace set for a trained drafter, so the speedup is shown as a function "
+              "of an assumed i.i.d. per-token match rate alpha (mean accepted prefix per verification = sum of alpha^k, "
+              f"k = 1..{gamma}). Costs and contention are measured.", "")
+        sw = alpha_sweep[alpha_sweep["strategy"] != "target_only"]
+        R.table(sw.pivot_table(index=["n_gpus", "strategy"], columns="acceptance", values="speedup_of_means")
+                .rename(columns=lambda a_: f"alpha {float(a_):g}").reset_index(), ".3f")
     if seed_scenarios:
         from .planning import seed_scenarios as _seed
 
@@ -592,10 +745,27 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
         R.add(f"### Acceptance needed for {target_speedup:g}x (parallel_sd, {output_tokens} tokens)", "",
               "Minimum i.i.d. per-token match rate alpha (NaN = unreachable even at alpha = 1):", "")
         R.table(req[["n_gpus", "level", "speedup_at_level", "max_speedup"]].rename(columns={"level": "alpha_required"}), ".3f")
-    R.add("---", "", f"*Generated {now} by egpt_sim.report from `{ts.path}`; figures: {', '.join(R.figures)}.*", "")
+    R.add("---", "", f"*Generated {now} by egpt_sim.report from `{_shown_path(ts.path)}`; figures: {', '.join(R.figures)}.*", "")
     path = out / "report.md"
     path.write_text("\n".join(R.lines))
     return path
+
+
+def _per_token_speed(ratio: float) -> str:
+    """Target / drafter decode-time ratio in words (never "0.98x faster")."""
+    if ratio > 1.01:
+        return f"the drafter is {ratio:.2f}x faster per token."
+    if ratio < 0.99:
+        return f"the drafter is {1 / ratio:.2f}x *slower* per token (no cheaper drafts)."
+    return f"the drafter is no faster per token (ratio {ratio:.2f}): drafts cost about as much as target steps."
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when below it (no absolute paths in reports)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _findings(head, pf, tok, sims, ct, rates, n_tokens) -> list[str]:
@@ -605,7 +775,7 @@ def _findings(head, pf, tok, sims, ct, rates, n_tokens) -> list[str]:
          f"{p.loc['target', 'prompt_tokens'] / max(1, p.loc['drafter', 'prompt_tokens']):.1f}x longer prompt "
          f"({p.loc['target', 'prompt_tokens']} vs {p.loc['drafter', 'prompt_tokens']} tokens).",
          f"**Decode**: {t.loc['target', 'decode_median_ms']:.1f} ms/token (target) vs {t.loc['drafter', 'decode_median_ms']:.1f} "
-         f"ms/token (drafter): the drafter is {t.loc['target', 'decode_median_ms'] / t.loc['drafter', 'decode_median_ms']:.2f}x faster per token."]
+         f"ms/token (drafter): " + _per_token_speed(t.loc['target', 'decode_median_ms'] / t.loc['drafter', 'decode_median_ms'])]
     if ct is not None:
         c = ct.set_index(["role", "stage"])["contention_factor"]
         f.append(f"**Sharing one GPU is not free**: while both run, the target's prefill slows x{c.get(('target', 'prefill'), 1.0):.2f} "
@@ -627,7 +797,7 @@ def _findings(head, pf, tok, sims, ct, rates, n_tokens) -> list[str]:
         sp = b["speedup_of_means"]
         verdict = "faster than" if sp > 1.01 else "slower than" if sp < 0.99 else "within 1 % of"
         f.append(f"**Best at {n_tokens} tokens on {_gpus(g)}**: {b['strategy']} at {sp:.3f}x, "
-                 f"{verdict} Video-LLaVA alone (simulated, {b['acceptance']} acceptance).")
+                 f"{verdict} Video-LLaVA alone (simulated, acceptance: {b['acceptance']}).")
     return f
 
 
@@ -643,6 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-speedup", type=float, default=1.2, help="speedup for the required-acceptance table")
     p.add_argument("--no-plan", action="store_true", help="skip the required-acceptance search")
     p.add_argument("--no-seed-scenarios", action="store_true", help="skip the seeds' 27.9/50/70/80 %% scenarios")
+    p.add_argument("--acceptance", default=None,
+                   help="main scenario's acceptance: 'trace' or an i.i.d. per-token rate alpha (default: trace if recorded, else 0)")
+    p.add_argument("--frames-traces", default=None, help="frames-sweep trace set for token scaling (e.g. h100/frames)")
+    p.add_argument("--alphas", default="0,0.3,0.5,0.7,0.8,0.9,1", help="alpha sweep for the speedup table ('' = skip)")
     return p
 
 
@@ -651,7 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = build_report(a.traces, a.out, output_tokens=a.output_tokens, gamma=a.gamma,
                             n_gpus=[int(g) for g in a.gpus.split(",")], n_requests=a.requests, seed=a.seed,
-                            target_speedup=a.target_speedup, plan=not a.no_plan, seed_scenarios=not a.no_seed_scenarios)
+                            target_speedup=a.target_speedup, plan=not a.no_plan, seed_scenarios=not a.no_seed_scenarios,
+                            acceptance=None if a.acceptance is None else a.acceptance if a.acceptance == "trace" else float(a.acceptance),
+                            alphas=[float(x) for x in a.alphas.split(",") if x.strip()], frames_traces=a.frames_traces)
     except (TraceError, ValueError) as exc:
         print(f"egpt_sim.report: error: {exc}", file=sys.stderr)
         return 2

@@ -220,7 +220,7 @@ def test_05_plots_measured_vs_predicted_from_a_cpu_validation_run(tmp_path):
                     "--device", "cpu", "--dtype", "fp32", "--stage-samples", "2"],
                    cwd=nbrun.ROOT, check=True, capture_output=True)
     run = nbrun.run_notebook(nbrun.NOTEBOOK_DIR / "05_validation.ipynb", tmp_path / "nb",
-                             {"VALIDATION_DIR": str(val), "N_PREDICTED": 50})
+                             {"VALIDATION_DIR": str(val), "N_PREDICTED": 50, "DECODE_FROM": "stages"})
     assert run.ok, run.error
     s = run.scraps
     results = pd.read_parquet(val / "executor_results.parquet")

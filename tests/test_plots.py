@@ -242,3 +242,14 @@ def test_zero_rows_raise(fn, args):
 def test_heatmap_zero_rows_raise():
     with pytest.raises(ValueError):
         plots.plot_speedup_heatmap(pd.DataFrame({"strategy": [], "n_gpus": []}), "parallel_sd", 1)
+
+
+def test_acceptance_by_group_and_stage_comparison_figures(example_traces):
+    fig = plots.plot_acceptance_by_group(R.acceptance_by_group(example_traces, "run_id"), "run_id", caption="prov")
+    t = texts(fig)
+    assert "P(accepted length > i)" in t and "per-token match rate" in t.lower() and "mean accepted prefix" in t
+    cmp = R.stage_comparison({"a": example_traces, "b": example_traces})
+    fig = plots.plot_stage_comparison(cmp, caption="prov")
+    assert "a vs b" in texts(fig)
+    with pytest.raises(ValueError, match="zero rows"):
+        plots.plot_stage_comparison(cmp.iloc[:0])

@@ -194,3 +194,50 @@ def test_cli_writes_report_and_fails_in_one_line(tmp_path, capsys):
     assert R.main(["--traces", "/nonexistent/set", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "/nonexistent/set" in err
+
+
+# --------------------------------------------------------------------------- H100 sets, per-run acceptance
+
+def _bundled(name):
+    from egpt_sim.traces import bundled_trace_sets
+
+    if name not in bundled_trace_sets():
+        pytest.skip(f"bundled trace set {name} not present")
+    return name
+
+
+def test_frames_sweep_loads_for_analysis():
+    name = _bundled("h100/frames")
+    ft = R.frames_table(R.optional_trace_set(name, "unused"))
+    assert ft["frames"].nunique() >= 2 and (ft["prompt_tokens"].diff().dropna() > 0).all()
+
+
+def test_acceptance_split_by_run_keeps_runs_apart(example_traces):
+    a = example_traces.acceptance
+    rates = R.acceptance_rates(example_traces, by="run_id")
+    assert rates.iloc[0]["group"] == "all verifications"
+    by = R.acceptance_by_group(example_traces, "run_id")
+    for run, d in a.groupby("run_id"):
+        g = by[by["run_id"] == run]
+        blocks = d.groupby(["sample_id", "verify_id"])["accepted_len"].first()
+        # mean accepted prefix length = sum_i P(accepted length > i)
+        assert g["p_accept_len_gt"].fillna(0).sum() == pytest.approx(blocks.mean())
+        assert g["per_token_match_rate_pooled"].iloc[0] == pytest.approx(d["matched"].mean())
+    with pytest.raises(ValueError, match="no column"):
+        R.acceptance_rates(example_traces, by="nope")
+    assert "acceptance:" in R.acceptance_caption(example_traces)
+
+
+def test_contention_table_names_the_concurrency_the_simulator_uses(example_traces):
+    ct = R.contention_table(example_traces)
+    assert "concurrency" in ct and ct["concurrency"].nunique() == 1
+    cc = R.contention_by_concurrency(example_traces)
+    assert set(ct["concurrency"]) <= set(cc["concurrency"]) | {"any"}
+
+
+def test_acceptance_curve_of_one_run(example_traces):
+    run = example_traces.acceptance["run_id"].iloc[0]
+    curve = R.acceptance_curve(example_traces, run)
+    assert len(curve) >= 1 and all(0.0 <= c <= 1.0 for c in curve)
+    with pytest.raises(ValueError, match="no acceptance rows"):
+        R.acceptance_curve(example_traces, "missing-run")
