@@ -17,7 +17,7 @@ demo: $(SIM_VENV)/.ok
 	$(SIM_VENV)/bin/egpt-sim traces
 	$(SIM_VENV)/bin/egpt-sim predict --gpus 1 --acceptance 0.6
 	$(SIM_VENV)/bin/egpt-sim predict --gpus 2 --acceptance 0.6
-	$(SIM_VENV)/bin/egpt-sim predict --traces h100/validation --gpus 1 --acceptance trace --output-tokens 50
+	$(SIM_VENV)/bin/egpt-sim predict --traces h100/validation --gpus 1 --acceptance trace --acceptance-run acc-sigma0.03 --output-tokens 50
 	$(SIM_VENV)/bin/egpt-sim timeline --gpus 1 --acceptance 0.6 --out $(OUT)/timeline_1gpu.png
 
 # Everything (CPU torch first, so pip never pulls a multi-GB CUDA build).

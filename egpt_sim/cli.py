@@ -29,8 +29,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=1, help="1 = shared GPU (contention), 2+ = separate GPUs")
     p.add_argument("--acceptance", type=_acceptance, default="trace",
                    help="'trace' (replay), a per-token rate alpha, or comma-separated conditional rates")
+    p.add_argument("--acceptance-run", default=None,
+                   help="with --acceptance trace: replay only this acceptance run_id (default: all runs pooled)")
     p.add_argument("--requests", type=int, default=200, help="simulated requests")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _traces(a):
+    from . import load_traces
+
+    ts = load_traces(a.traces)
+    return ts.with_acceptance_run(a.acceptance_run) if getattr(a, "acceptance_run", None) else ts
 
 
 def _config(a, strategy: str) -> SimConfig:
@@ -43,10 +52,9 @@ def _strategies(value: str) -> list[str]:
 
 
 def cmd_predict(a) -> int:
-    from . import load_traces
     from .runner import draw_bank, simulate
 
-    ts = load_traces(a.traces)
+    ts = _traces(a)
     cfgs = [_config(a, s) for s in _strategies(a.strategy)]
     bank = draw_bank(cfgs[0], ts)
     rows = []
@@ -57,6 +65,9 @@ def cmd_predict(a) -> int:
                      "window_drafts": s["window_drafts_mean_tokens"], "window_accepted": s["window_accepted_mean_tokens"],
                      "accepted": s["accepted_mean_tokens"], "verify_passes": s["verify_passes_mean"]})
     print(f"traces: {ts.provenance()}")
+    if a.acceptance == "trace" and len(ts.acceptance_runs()) > 1:
+        print(f"acceptance: {len(ts.acceptance_runs())} recorded runs pooled ({', '.join(ts.acceptance_runs())}); "
+              "pick one with --acceptance-run")
     print(f"scenario: {a.output_tokens} output tokens, gamma={a.gamma}, {a.gpus} GPU(s), acceptance={a.acceptance}, "
           f"{a.requests} requests; speedup = mean target_only latency / mean latency on the same draws;\n"
           "accepted = drafts accepted as a prefix (not drafts x rate)")
@@ -83,11 +94,10 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_timeline(a) -> int:
-    from . import load_traces
     from .plots import plot_gantt
     from .runner import draw_bank, simulate
 
-    ts = load_traces(a.traces)
+    ts = _traces(a)
     cfgs = [_config(a, s) for s in _strategies(a.strategy)]
     bank = draw_bank(cfgs[0], ts)
     frames = []

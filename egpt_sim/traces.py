@@ -252,6 +252,18 @@ class TraceSet:
         return model
 
     # ------------------------------------------------------------------ acceptance
+    def acceptance_runs(self) -> list[str]:
+        return [] if self.acceptance is None else sorted(self.acceptance["run_id"].astype(str).unique())
+
+    def with_acceptance_run(self, run_id: str) -> "TraceSet":
+        """The same stage timings with only acceptance run ``run_id`` (trace replay otherwise
+        pools every recorded run, e.g. several drafter perturbations, into one mixture)."""
+        runs = self.acceptance_runs()
+        if run_id not in runs:
+            raise TraceError(f"{self.path}: column 'run_id' of the acceptance table has no run {run_id!r}; runs: {runs}")
+        acc = self.acceptance[self.acceptance["run_id"] == run_id]
+        return TraceSet(self.stage_timings, acc, self.metadata, f"{self.path} [{run_id}]")
+
     def acceptance_blocks(self) -> pd.DataFrame:
         """One row per verification: run_id, sample_id, verify_id, gamma, accepted_len."""
         if self.acceptance is None:
