@@ -35,6 +35,7 @@ import pandas as pd
 
 from . import schema
 from .acceptance import expected_tokens_per_verify  # re-exported (Leviathan et al.)
+from .example_traces import stage_rows
 
 __all__ = [
     "expected_tokens_per_verify",
@@ -407,42 +408,14 @@ def constant_trace_set(
             raise ValueError("shared_factors: the drafter has no verify stage")
 
     run_id = f"{label}-run"
-    prompt = {"target": 4096, "drafter": 512}
-    frames = {"target": 8, "drafter": 1}
-    phase = {"target": dict(zip(("load", "preprocess", "vision_encode", "prefill"), tp)),
-             "drafter": dict(zip(("load", "preprocess", "vision_encode", "prefill"), dp))}
-    decode = {"target": D, "drafter": float(drafter_decode_ms)}
-    rows = []
-    for s in range(n_samples):
-        sid = f"{label}-{s:03d}"
-        for role in schema.ROLES:
-            p = prompt[role]
-            base = dict(run_id=run_id, sample_id=sid, role=role, prompt_tokens=p, frames=frames[role],
-                        status="ok", start_ms=np.nan)
-            for placement in ("alone", "shared_gpu"):
-                is_shared = placement == "shared_gpu"
-                extra = dict(placement=placement, concurrency="streams" if is_shared else "none",
-                             peer_busy=is_shared)
-
-                def keep(stg):
-                    return (not is_shared) or (role, stg) in shared
-
-                def dur(stg, ms):
-                    return ms * (shared[(role, stg)] if is_shared else 1.0)
-
-                for stg, ms in phase[role].items():
-                    if keep(stg):
-                        rows.append(base | extra | dict(stage=stg, step=0, gamma=0, kv_tokens=0,
-                                                        query_tokens=p if stg == "prefill" else 0,
-                                                        duration_ms=dur(stg, ms)))
-                if keep("decode_step"):
-                    for i in range(decode_steps):
-                        rows.append(base | extra | dict(stage="decode_step", step=i, gamma=0, kv_tokens=p + i,
-                                                        query_tokens=1, duration_ms=dur("decode_step", decode[role])))
-                if role == "target" and keep("verify"):
-                    for j, (g, ms) in enumerate(sorted(verify.items())):
-                        rows.append(base | extra | dict(stage="verify", step=j, gamma=int(g), kv_tokens=p,
-                                                        query_tokens=int(g) + 1, duration_ms=dur("verify", float(ms))))
+    stages = ("load", "preprocess", "vision_encode", "prefill")
+    rows = stage_rows(
+        run_id, [f"{label}-{s:03d}" for s in range(n_samples)], {"target": 4096, "drafter": 512},
+        {"target": 8, "drafter": 1}, {"target": dict(zip(stages, tp)), "drafter": dict(zip(stages, dp))},
+        {"target": D, "drafter": float(drafter_decode_ms)}, verify, decode_steps,
+        keep=lambda role, stg, is_shared: not is_shared or (role, stg) in shared,
+        duration=lambda role, stg, is_shared, ms: ms * (shared[(role, stg)] if is_shared else 1.0),
+    )
     st = pd.DataFrame(rows)
     acc = None
     if acceptance_alpha is not None:

@@ -38,41 +38,60 @@ ALPHA = 0.279
 RUN_ID = "seed-calibrated-example"
 
 
+def stage_rows(run_id: str, sample_ids, prompt_tokens: dict, frames: dict, phase_ms: dict,
+               decode_ms: dict, verify_ms: dict, decode_steps: int, keep, duration) -> list[dict]:
+    """STAGE_TIMINGS rows of a synthetic trace set (every schema column filled).
+
+    For each sample, role and placement (``alone``, then ``shared_gpu`` written as
+    ``streams`` with the peer busy): the four prefill-phase stages of ``phase_ms[role]``,
+    ``decode_steps`` decode steps of ``decode_ms[role]`` ms and, for the target, one
+    verify pass per ``verify_ms`` entry (gamma -> ms, in gamma order). ``keep(role,
+    stage, shared)`` says which rows exist; ``duration(role, stage, shared, ms)`` turns
+    a base time into the recorded one (noise, contention factor), called in row order.
+    """
+    rows = []
+    for sid in sample_ids:
+        for role in schema.ROLES:
+            p = prompt_tokens[role]
+            base = dict(run_id=run_id, sample_id=sid, role=role, prompt_tokens=p, frames=frames[role],
+                        status="ok", start_ms=np.nan)
+            for shared in (False, True):
+                base_p = base | dict(placement="shared_gpu" if shared else "alone",
+                                     concurrency="streams" if shared else "none", peer_busy=shared)
+                for stage, ms in phase_ms[role].items():
+                    if keep(role, stage, shared):
+                        rows.append(base_p | dict(stage=stage, step=0, gamma=0, kv_tokens=0,
+                                                  query_tokens=p if stage == "prefill" else 0,
+                                                  duration_ms=duration(role, stage, shared, ms)))
+                if keep(role, "decode_step", shared):
+                    for i in range(decode_steps):
+                        rows.append(base_p | dict(stage="decode_step", step=i, gamma=0, kv_tokens=p + i, query_tokens=1,
+                                                  duration_ms=duration(role, "decode_step", shared, decode_ms[role])))
+                if role == "target" and keep(role, "verify", shared):
+                    for j, (g, ms) in enumerate(sorted(verify_ms.items())):
+                        rows.append(base_p | dict(stage="verify", step=j, gamma=int(g), kv_tokens=p, query_tokens=int(g) + 1,
+                                                  duration_ms=duration(role, "verify", shared, float(ms))))
+    return rows
+
+
 def make_example_traces(out_dir: str | Path, n_samples: int = 40, decode_steps: int = 24,
                         gamma: int = 16, seed: int = 0) -> Path:
     """Write the example trace set to ``out_dir`` and return it."""
     rng = np.random.default_rng(seed)
-    rows = []
 
-    def noisy(ms, cv=0.04):
-        return float(ms * rng.lognormal(0.0, cv))
+    def keep(role, stage, shared):  # shared runs have no CPU stages and no verify rows
+        return not shared or (stage not in schema.CPU_STAGES and stage != "verify")
 
-    for s in range(n_samples):
-        sid = f"example-{s:03d}"
-        for role in schema.ROLES:
-            p = PROMPT_TOKENS[role]
-            base = dict(run_id=RUN_ID, sample_id=sid, role=role, prompt_tokens=p, frames=FRAMES[role],
-                        status="ok", start_ms=np.nan)
-            for placement in ("alone", "shared_gpu"):
-                shared = placement == "shared_gpu"
-                extra = dict(placement=placement, concurrency="streams" if shared else "none", peer_busy=shared)
+    def duration(role, stage, shared, ms):  # lognormal noise: 4 % on stages 1-4, 3 % per step
+        factor = SHARED_FACTOR.get((role, stage), 1.0) if shared else 1.0
+        cv = 0.03 if stage in ("decode_step", "verify") else 0.04
+        return float(ms * factor * rng.lognormal(0.0, cv))
 
-                def f(stage):
-                    return SHARED_FACTOR.get((role, stage), 1.0) if shared else 1.0
-
-                for stage in ("load", "preprocess", "vision_encode", "prefill"):
-                    if shared and stage in schema.CPU_STAGES:
-                        continue
-                    q = p if stage == "prefill" else 0
-                    rows.append(base | extra | dict(stage=stage, step=0, gamma=0, kv_tokens=0, query_tokens=q,
-                                                    duration_ms=noisy(STAGE_MS[role][stage] * f(stage))))
-                for i in range(decode_steps):
-                    rows.append(base | extra | dict(stage="decode_step", step=i, gamma=0, kv_tokens=p + i, query_tokens=1,
-                                                    duration_ms=noisy(STAGE_MS[role]["decode_step"] * f("decode_step"), 0.03)))
-                if role == "target" and not shared:
-                    for j, (g, frac) in enumerate(VERIFY_FRACTION.items()):
-                        rows.append(base | extra | dict(stage="verify", step=j, gamma=g, kv_tokens=p, query_tokens=g + 1,
-                                                        duration_ms=noisy(STAGE_MS[role]["decode_step"] * frac, 0.03)))
+    phase = {r: {s: STAGE_MS[r][s] for s in ("load", "preprocess", "vision_encode", "prefill")} for r in schema.ROLES}
+    decode = {r: STAGE_MS[r]["decode_step"] for r in schema.ROLES}
+    verify = {g: STAGE_MS["target"]["decode_step"] * frac for g, frac in VERIFY_FRACTION.items()}
+    rows = stage_rows(RUN_ID, [f"example-{s:03d}" for s in range(n_samples)], PROMPT_TOKENS, FRAMES,
+                      phase, decode, verify, decode_steps, keep, duration)
     st = pd.DataFrame(rows)
     acc = _iid_acceptance(rng, n_samples, gamma)
     out = Path(out_dir)
