@@ -42,6 +42,23 @@ status            string    ``ok`` or ``failed`` (e.g. CUDA OOM); failed rows ar
                             for provenance and ignored by the simulator
 ================  ========  ===========================================================
 
+Optional columns (schema 1.1; a 1.0 file is read with the default shown):
+
+================  ========  ===========================================================
+peer_activity     string    what the peer model was doing during this span: its stage
+                            with the largest overlap (``prefill``, ``decode_step``,
+                            ``verify``, ``vision_encode``, ...), ``none`` when the peer was
+                            idle or absent. Default: ``busy`` where ``peer_busy`` (1.0
+                            files did not record the activity), else ``none``.
+overlap_frac      float64   fraction of this span covered by the peer's spans (0..1);
+                            NaN when not recorded (default)
+gpu_ms            float64   CUDA-event device time inside the span, ms (NaN for CPU
+                            stages / not recorded). ``duration_ms`` is the host-visible
+                            span (see ``measure.timing``)
+backend           string    decode backend: ``eager`` | ``static`` | ``graphs`` |
+                            ``compiled`` (default ``eager``)
+================  ========  ===========================================================
+
 Acceptance (``ACCEPTANCE``)
 ---------------------------
 ====================  ========  ========================================================
@@ -96,14 +113,15 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = "1.0"
-SUPPORTED_SCHEMA_VERSIONS = ("1.0",)
+SCHEMA_VERSION = "1.1"
+SUPPORTED_SCHEMA_VERSIONS = ("1.0", "1.1")
 
 ROLES = ("target", "drafter")
 STAGES = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "verify")
 CPU_STAGES = ("load", "preprocess")
 PLACEMENTS = ("alone", "shared_gpu", "separate_gpu")
 CONCURRENCY = ("none", "streams", "processes")
+BACKENDS = ("eager", "static", "graphs", "compiled")
 
 STAGE_TIMINGS_FILE = "stage_timings"
 ACCEPTANCE_FILE = "acceptance"
@@ -122,6 +140,8 @@ class Column:
     nullable: bool = False
     nonnegative: bool = False
     allowed: tuple[str, ...] | None = None
+    optional: bool = False      # may be absent (older schema): filled with ``default``
+    default: Any = None
 
 
 STAGE_TIMINGS: tuple[Column, ...] = (
@@ -141,6 +161,10 @@ STAGE_TIMINGS: tuple[Column, ...] = (
     Column("peer_busy", "bool"),
     Column("start_ms", "float", nullable=True),
     Column("status", "string", allowed=("ok", "failed")),
+    Column("peer_activity", "string", optional=True, default="<from peer_busy>"),
+    Column("overlap_frac", "float", nullable=True, optional=True, default=float("nan")),
+    Column("gpu_ms", "float", nullable=True, optional=True, default=float("nan")),
+    Column("backend", "string", optional=True, default="eager", allowed=BACKENDS),
 )
 
 ACCEPTANCE: tuple[Column, ...] = (
@@ -219,7 +243,9 @@ def validate(df: pd.DataFrame, table: str, source: str = "<memory>") -> pd.DataF
     for col in TABLES[table]:
         where = f"{source}: column {col.name!r}"
         if col.name not in out.columns:
-            raise TraceError(f"{where} is missing")
+            if not col.optional:
+                raise TraceError(f"{where} is missing")
+            out[col.name] = _default_column(out, col)
         s = out[col.name]
         if not col.nullable and s.isna().any():
             raise TraceError(f"{where} has {int(s.isna().sum())} missing/NaN values")
@@ -244,6 +270,15 @@ def validate(df: pd.DataFrame, table: str, source: str = "<memory>") -> pd.DataF
     if table == TIMELINE_FILE and (out["end_ms"] < out["start_ms"]).any():
         raise TraceError(f"{source}: column 'end_ms' is before 'start_ms' in some rows")
     return out
+
+
+def _default_column(df: pd.DataFrame, col: Column) -> pd.Series:
+    """Values of an optional column absent from an older file."""
+    if col.default == "<from peer_busy>":
+        busy = df["peer_busy"].astype(bool) if "peer_busy" in df.columns else pd.Series(False, index=df.index)
+        return pd.Series(np.where(busy, "busy", "none"), index=df.index, dtype="string")
+    return pd.Series([col.default] * len(df), index=df.index,
+                     dtype=_KIND_CAST[col.kind] if col.kind != "string" else "string")
 
 
 def _check_acceptance_consistency(df: pd.DataFrame, source: str) -> None:
