@@ -9,6 +9,8 @@ from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+BACKENDS = ("eager", "static", "graphs", "compiled")  # measure.backends.BACKENDS (no torch import here)
+
 
 def _ints(s: str) -> tuple[int, ...]:
     return tuple(int(x) for x in s.split(",") if x.strip())
@@ -25,10 +27,10 @@ def cmd_stages(a: argparse.Namespace) -> int:
                    dtype=a.dtype, quant=a.quant, placements=a.placement, concurrency=a.concurrency,
                    frames=a.frames, roles=a.roles, target_device=a.device, drafter_device=a.drafter_device,
                    attn_implementation=a.attn, sdpa_backends=a.sdpa, video_decoder=a.video_decoder,
-                   run_prefix=a.run_prefix,
+                   run_prefix=a.run_prefix, backend=a.backend, compile_backend=a.compile_backend,
+                   max_new_tokens=a.max_new_tokens,
                    resume=a.resume, consolidate=a.consolidate, progress=not a.no_progress,
-                   stage=StageConfig(decode_steps=a.decode_steps, gammas=a.gammas, warmup_samples=a.warmup,
-                                     tail_steps=a.tail_steps))
+                   stage=StageConfig(decode_steps=a.decode_steps, gammas=a.gammas, warmup_samples=a.warmup))
     ok, errors = execute(plan)
     if ok:
         print(_report(a.out, ok))
@@ -76,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roles", type=_strs, default=("target", "drafter"), help="roles of alone runs")
     s.add_argument("--decode-steps", type=int, default=20)
     s.add_argument("--gammas", type=_ints, default=(1, 2, 4, 8, 16, 32, 64))
-    s.add_argument("--tail-steps", type=int, default=4, help="drafter steps after the target's prefill")
+    s.add_argument("--backend", choices=BACKENDS, default="eager",
+                   help="decode backend: eager (DynamicCache), static (StaticCache), graphs (StaticCache + "
+                   "CUDA graphs), compiled (torch.compile reduce-overhead); see measure.backends")
+    s.add_argument("--compile-backend", default="inductor", help="dynamo backend of --backend compiled")
+    s.add_argument("--max-new-tokens", type=int, default=256,
+                   help="room a static cache keeps after the prompt (decode steps + verify + drafts)")
     s.add_argument("--warmup", type=int, default=1, help="untimed warm-up samples per run")
     s.add_argument("--device", default="cuda:0", help="target device (and drafter's unless separate)")
     s.add_argument("--drafter-device", default=None, help="drafter device (separate_gpu: cuda:1)")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from measure import dataset as ds
+from measure.backends import make_backend
 from measure.presets import load_components
 
 DRAFTER_TEMPLATE = ("A chat between a curious human and an artificial intelligence assistant. "
@@ -102,7 +103,8 @@ class Pipeline:
     """
 
     def __init__(self, role: str, components: Any, device: torch.device, frames: int,
-                 video_decoder: str = "auto"):
+                 video_decoder: str = "auto", backend: str = "eager", max_new_tokens: int = 256,
+                 compile_backend: str = "inductor"):
         self.role, self.spec = role, ROLES[role]
         self.model, self.tokenizer = components.model, components.tokenizer
         self.processor = components.image_processor
@@ -119,6 +121,10 @@ class Pipeline:
         self.tokens_per_frame = (vcfg.image_size // vcfg.patch_size) ** 2 + (1 if self.keep_cls else 0)
         self.parts = _resolve_parts(self.model, self.spec.tower_attr)
         self.dtype = _float_dtype(self.parts.tower)
+        self.max_new_tokens = int(max_new_tokens)  # static caches hold prompt + this many tokens
+        self.backend = make_backend(backend, self.parts.decoder, self.parts.lm_head, device,
+                                    compile_backend=compile_backend)
+        self.info["decode_backend"] = self.backend.info  # live dict: capture/compile seconds land here
 
     # ------------------------------------------------------------------ stage 1 (CPU)
     def load(self, sample: ds.Sample) -> LoadedInputs:
@@ -154,7 +160,7 @@ class Pipeline:
                 "frames": len(loaded.frames)}
 
     # ------------------------------------------------------------------ stage 3 (GPU)
-    @torch.inference_mode()
+    @torch.no_grad()
     def vision_encode(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Vision tower + projector; returns ``inputs_embeds`` (1, L, hidden) with features in place."""
         p = self.parts
@@ -174,55 +180,50 @@ class Pipeline:
         return embeds.masked_scatter(mask, feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
 
     # ------------------------------------------------------------------ stage 4 (GPU)
-    @torch.inference_mode()
+    @torch.no_grad()
     def prefill(self, inputs_embeds: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """Language model over the prompt embeddings -> (DynamicCache, last logits (1, vocab))."""
-        out = self.parts.decoder(inputs_embeds=inputs_embeds, use_cache=True)
+        """Language model over the prompt embeddings -> (cache, last logits (1, vocab)).
+
+        The cache type is the backend's (``DynamicCache`` for eager, the pipeline's one
+        ``StaticCache`` otherwise, sized for ``max_new_tokens`` more tokens).
+        """
         self.prompt_tokens = int(inputs_embeds.shape[1])
-        return out.past_key_values, self.parts.lm_head(out.last_hidden_state[:, -1])
+        return self.backend.prefill(inputs_embeds, self.max_new_tokens)
 
     # ------------------------------------------------------------------ stage 5 (GPU)
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode_step(self, cache: Any, token_id: int | torch.Tensor) -> tuple[Any, torch.Tensor]:
         """One token with the cache -> (cache, logits (1, vocab)). ``token_id`` may stay on the GPU."""
-        out = self.parts.decoder(input_ids=self._ids(token_id), past_key_values=cache, use_cache=True)
-        return out.past_key_values, self.parts.lm_head(out.last_hidden_state[:, -1])
+        cache, logits = self.backend.forward(cache, self._ids(token_id))
+        return cache, logits[:, -1]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def verify(self, cache: Any, token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """One forward over ``k`` tokens (last committed + drafts) -> logits (1, k, vocab).
 
         The cache grows by ``k``; :meth:`crop` it back to drop rejected drafts.
         """
-        out = self.parts.decoder(input_ids=self._ids(token_ids), past_key_values=cache, use_cache=True)
-        return self.parts.lm_head(out.last_hidden_state)
+        return self.backend.forward(cache, self._ids(token_ids))[1]
 
+    @torch.no_grad()
     def crop(self, cache: Any, length: int) -> Any:
-        """Roll the KV cache back to its first ``length`` tokens.
+        """Roll the KV cache back to its first ``length`` tokens (static: move the write position)."""
+        return self.backend.crop(cache, length)
 
-        Uses a negative ``crop`` argument (tokens to remove), the one form that means the same in
-        every transformers 5.x release (5.23 rejects an absolute, positive length).
+    def kv_tokens(self, cache: Any) -> int:
+        return self.backend.kv_tokens(cache)
+
+    def kv_bytes(self, cache: Any) -> int:
+        """Bytes held by the cache's key/value tensors for its tokens (all layers)."""
+        return self.backend.kv_bytes(cache)
+
+    @torch.no_grad()
+    def prepare_backend(self, query_lengths: Sequence[int]) -> None:
+        """Capture / compile the decode and verify steps (``graphs``/``compiled``) before timing.
+
+        Needs one prefill first (run a warm-up sample). Seconds spent go to ``backend.info``.
         """
-        remove = self.kv_tokens(cache) - int(length)
-        if remove < 0:
-            raise ValueError(f"cannot crop a {self.kv_tokens(cache)}-token cache up to {length} tokens")
-        if remove:
-            cache.crop(-remove)
-        return cache
-
-    @staticmethod
-    def kv_tokens(cache: Any) -> int:
-        return int(cache.get_seq_length())
-
-    @staticmethod
-    def kv_bytes(cache: Any) -> int:
-        """Bytes held by the cache's key/value tensors (all layers)."""
-        layers = getattr(cache, "layers", None)
-        if layers is not None:
-            tensors = [t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
-        else:  # older transformers: parallel key/value lists
-            tensors = list(getattr(cache, "key_cache", [])) + list(getattr(cache, "value_cache", []))
-        return int(sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)))
+        self.backend.prepare(query_lengths)
 
     def _ids(self, tokens: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
         t = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens, dtype=torch.long)
@@ -256,7 +257,8 @@ def configure_sdpa(backends: str = "no-cudnn") -> dict[str, bool]:
 def build_pipeline(role: str, source: str, dtype: str = "fp16", quant: str | None = None,
                    device: str | torch.device = "cuda:0", frames: int = 8,
                    attn_implementation: str = "sdpa", video_decoder: str = "auto",
-                   sdpa_backends: str = "no-cudnn") -> Pipeline:
+                   sdpa_backends: str = "no-cudnn", backend: str = "eager",
+                   max_new_tokens: int = 256, compile_backend: str = "inductor") -> Pipeline:
     """Load/build the ``role`` model from ``source`` (``random:<preset>`` or a checkpoint dir).
 
     ``sdpa_backends`` is applied process-wide (see :func:`configure_sdpa`) and recorded in ``info``.
@@ -268,4 +270,5 @@ def build_pipeline(role: str, source: str, dtype: str = "fp16", quant: str | Non
     comps = load_components(role, source, dtype=dtype, quant=quant, device=device,
                             attn_implementation=attn_implementation)
     comps.info.update(sdpa_backends=sdpa_backends, sdpa_enabled=flags)
-    return Pipeline(role, comps, device, frames, video_decoder)
+    return Pipeline(role, comps, device, frames, video_decoder, backend=backend,
+                    max_new_tokens=max_new_tokens, compile_backend=compile_backend)

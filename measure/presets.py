@@ -241,8 +241,21 @@ def load_components(role: str, source: str, dtype: str = "fp16", quant: str | No
     model.eval()
     info["image_processor"] = type(image_processor).__name__
     info["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-    info["n_params"] = int(sum(p.numel() for p in model.parameters()))
+    info.update(parameter_counts(model, quant))
     return Components(model=model, tokenizer=tokenizer, image_processor=image_processor, info=info)
+
+
+def parameter_counts(model: torch.nn.Module, quant: str | None) -> dict[str, Any]:
+    """``n_params`` (logical parameters: a packed 4-bit tensor counts 2 per byte), the dtypes that
+    hold them, and what was asked for (``dtype_requested`` differs from storage under 4-bit)."""
+    n, stored = 0, {}
+    for p in model.parameters():
+        packed = quant and p.dtype == torch.uint8  # bitsandbytes Params4bit: two weights per byte
+        n += p.numel() * (2 if packed else 1)
+        key = "nf4 (packed uint8)" if packed else str(p.dtype).replace("torch.", "")
+        stored[key] = stored.get(key, 0) + p.numel() * (2 if packed else 1)
+    return {"n_params": int(n), "param_storage": stored,
+            "weight_bytes": int(sum(p.numel() * p.element_size() for p in model.parameters()))}
 
 
 def _quantize_random(model, cls, device: torch.device, attn_implementation: str):

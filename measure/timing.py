@@ -1,26 +1,29 @@
 """The one place that decides how a stage is timed (all times in milliseconds).
 
-Rules, and why:
+One span definition, used by stage runs (alone, threads, processes) and the executor alike:
 
-* GPU work is asynchronous: a Python ``perf_counter`` around a kernel launch measures the
-  launch, not the kernel. GPU stages are therefore bracketed by ``torch.cuda.Event``
-  (``enable_timing=True``) recorded on the *current* stream, so the duration is the device
-  time between the two points of that stream, including any gap the host left.
-* CPU stages (``load``, ``preprocess``) use ``time.perf_counter``; when the stage ends with a
-  host-to-device copy the stream is synchronised first so the copy is inside the stage.
-* On a CPU device everything uses ``perf_counter`` (no asynchrony to hide).
-* ``mode="sync"`` (used when two *processes* share a GPU, whose CUDA events cannot be compared)
-  synchronises the stream at both ends of a GPU stage and uses ``perf_counter`` instead.
-* Every span also gets ``start_ms`` against a common origin (:class:`Clock`): a host
-  ``perf_counter`` reading plus one origin CUDA event per device, recorded on an idle device
-  right after a synchronise, so host and device time agree to within a launch latency.
-  ``perf_counter`` is ``CLOCK_MONOTONIC`` on Linux, system-wide, so different processes can
-  be put on one axis by shifting with their ``Clock.host0_s``.
+* **GPU spans** (vision, prefill, decode_step, verify, draft_step) are *host-visible*:
+  the stream is synchronised, ``perf_counter`` read, the work launched and — because every
+  activity ends with a host read of its token(s) anyway (a stop check, a hand-off) — the stream
+  synchronised again and ``perf_counter`` read. ``duration_ms`` is that host interval: what a
+  decoding loop on the host experiences (launch latency, Python, graph replay, host read).
+  Inside the span two CUDA events bracket the GPU work; their interval is ``gpu_ms`` (device
+  time, kept beside it, so host overhead = ``duration_ms - gpu_ms`` is visible per row).
+  What each activity contains (forward, argmax, host read, KV rollback) is fixed in
+  :mod:`measure.activities`, not here.
+* **CPU spans** (``load``, ``preprocess``) use ``perf_counter``; ``preprocess`` ends with its
+  host-to-device copy, so the stream is synchronised before the span closes.
+* On a CPU device everything is ``perf_counter`` (nothing asynchronous to hide).
+* ``start_ms`` of every span is ``perf_counter`` relative to the :class:`Clock`'s ``host0_s``.
+  ``perf_counter`` is ``CLOCK_MONOTONIC`` on Linux, system-wide, so worker *processes* given the
+  parent's ``host0_s`` put their spans on the parent's axis without any shifting.
+* Legacy ``mode="events"`` (the H100 sets before schema 1.1): device time between two events
+  of the stream, ``start_ms`` against an origin event. Kept for the instrumentation benchmark.
 * Events are reused (:class:`_EventPool`): creating one cost ~70 us of host time on an H100
-  VM, more than a small kernel, so a fresh pair per span inflated tiny-model decode steps.
-* First calls pay for CUDA context set-up, cuBLAS heuristics, allocator growth and lazy
-  imports: run :func:`warmup` (or one untimed sample) before timing, and summarise with
-  medians / IQR (:func:`median_iqr`), which a single slow outlier does not move.
+  VM, more than a small kernel.
+* First calls pay for CUDA context set-up, cuBLAS heuristics, allocator growth, graph capture
+  and lazy imports: run :func:`warmup` (or one untimed sample) before timing, and summarise
+  with medians / IQR (:func:`median_iqr`), which a single slow outlier does not move.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import torch
 
 CUDA_EVENT = "cuda_event"
 PERF_COUNTER = "perf_counter"
-PERF_COUNTER_SYNC = "perf_counter_sync"
+PERF_COUNTER_SYNC = "perf_counter_sync"  # host-visible span + CUDA events inside (gpu_ms)
+TIMER_MODES = ("host", "events")
 
 
 def as_device(device: str | torch.device) -> torch.device:
@@ -54,7 +58,7 @@ def synchronize(*devices: str | torch.device) -> None:
             torch.cuda.synchronize(d)
 
 
-def gpu_method(device: str | torch.device, mode: str = "events") -> str:
+def gpu_method(device: str | torch.device, mode: str = "host") -> str:
     """Timing method of GPU stages on ``device`` in timer ``mode`` (recorded in run metadata)."""
     if not is_cuda(device):
         return PERF_COUNTER
@@ -86,11 +90,12 @@ _POOL = _EventPool()
 class Clock:
     """Common time origin for one sample (possibly several devices / threads).
 
-    ``host0_s`` is the ``perf_counter`` reading at creation; for each CUDA device an origin
-    event is recorded on that device's current stream after a full synchronise.
+    ``host0_s`` is the ``perf_counter`` reading at creation (or the one given: a worker
+    process uses its parent's, so both share one axis); for each CUDA device an origin event is
+    recorded on that device's current stream after a full synchronise (legacy events mode).
     """
 
-    def __init__(self, devices: tuple[str | torch.device, ...] = ("cpu",)):
+    def __init__(self, devices: tuple[str | torch.device, ...] = ("cpu",), host0_s: float | None = None):
         self.devices = tuple(as_device(d) for d in devices)
         synchronize(*self.devices)
         self.origin_events: dict[torch.device, torch.cuda.Event] = {}
@@ -100,7 +105,7 @@ class Clock:
                 with torch.cuda.device(d):
                     ev.record()
                 self.origin_events[d] = ev
-        self.host0_s = time.perf_counter()
+        self.host0_s = time.perf_counter() if host0_s is None else float(host0_s)
 
     def host_ms(self, t_s: float) -> float:
         return (t_s - self.host0_s) * 1000.0
@@ -115,6 +120,7 @@ class Span:
     info: dict[str, Any] = field(default_factory=dict)
     start_ms: float = float("nan")
     duration_ms: float = float("nan")
+    gpu_ms: float = float("nan")
     _ev: tuple[Any, Any] | None = None
     _host: tuple[float, float] | None = None
 
@@ -126,14 +132,14 @@ class Span:
 class StageTimer:
     """Times stages on one device. ``with timer.span("prefill"): ...``; then :meth:`resolve`.
 
-    ``gpu=True`` spans on a CUDA device use CUDA events (or host time + sync in ``"sync"``
-    mode); other spans use ``perf_counter``. ``sync_cpu_end`` makes CPU spans wait for the
-    stream at exit (stage 2 ends with a host-to-device copy).
+    ``mode="host"`` (default): the host-visible span of the module docstring, with ``gpu_ms``
+    from events inside it; ``mode="events"``: legacy device-time spans. ``gpu=False`` spans
+    are CPU stages (``sync_cpu_end`` waits for the stream at exit: stage 2 ends with an H2D copy).
     """
 
-    def __init__(self, device: str | torch.device, clock: Clock | None = None, mode: str = "events"):
-        if mode not in ("events", "sync"):
-            raise ValueError(f"timer mode must be 'events' or 'sync', got {mode!r}")
+    def __init__(self, device: str | torch.device, clock: Clock | None = None, mode: str = "host"):
+        if mode not in TIMER_MODES:
+            raise ValueError(f"timer mode must be one of {TIMER_MODES}, got {mode!r}")
         self.device = as_device(device)
         self.clock = clock if clock is not None else Clock((self.device,))
         self.mode = mode
@@ -149,39 +155,37 @@ class StageTimer:
              **info: Any) -> Iterator[Span]:
         sp = Span(stage=stage, step=step, info=dict(info))
         self.current = stage
-        use_events = gpu and self.mode == "events" and is_cuda(self.device)
-        if use_events:
-            stream = torch.cuda.current_stream(self.device)
-            a, b = _POOL.get(self.device), _POOL.get(self.device)
-            a.record(stream)
-            yield sp
-            b.record(stream)
-            sp._ev = (a, b)
-        else:
-            if gpu and is_cuda(self.device):
-                torch.cuda.current_stream(self.device).synchronize()
-            t0 = time.perf_counter()
-            yield sp
-            if (gpu or sync_cpu_end) and is_cuda(self.device):
-                torch.cuda.current_stream(self.device).synchronize()
-            sp._host = (t0, time.perf_counter())
+        cuda = is_cuda(self.device)
+        stream = torch.cuda.current_stream(self.device) if cuda else None
+        events = (_POOL.get(self.device), _POOL.get(self.device)) if cuda and gpu else None
+        if events and self.mode == "host":
+            stream.synchronize()
+        t0 = time.perf_counter()
+        if events:
+            events[0].record(stream)
+        yield sp
+        if events:
+            events[1].record(stream)
+        if cuda and (gpu and self.mode == "host" or sync_cpu_end):
+            stream.synchronize()
+        sp._host, sp._ev = (t0, time.perf_counter()), events
         self.spans.append(sp)
 
     def resolve(self) -> list[Span]:
-        """Fill ``start_ms``/``duration_ms`` of every span (synchronises the device)."""
+        """Fill ``start_ms``/``duration_ms``/``gpu_ms`` of every span (synchronises the device)."""
         synchronize(self.device)
         origin = self.clock.origin_events.get(self.device)
         for sp in self.spans:
+            t0, t1 = sp._host
+            sp.start_ms, sp.duration_ms = self.clock.host_ms(t0), (t1 - t0) * 1000.0
             if sp._ev is not None:
                 a, b = sp._ev
-                sp.duration_ms = float(a.elapsed_time(b))
-                sp.start_ms = float(origin.elapsed_time(a)) if origin is not None else float("nan")
+                sp.gpu_ms = float(a.elapsed_time(b))
+                if self.mode == "events":
+                    sp.duration_ms = sp.gpu_ms
+                    sp.start_ms = float(origin.elapsed_time(a)) if origin is not None else float("nan")
                 _POOL.put(self.device, [a, b])
                 sp._ev = None
-            elif sp._host is not None:
-                t0, t1 = sp._host
-                sp.duration_ms = (t1 - t0) * 1000.0
-                sp.start_ms = self.clock.host_ms(t0)
         return self.spans
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 from egpt_sim import schema  # torch- and simpy-free: egpt_sim imports its modules lazily
 
 STAGE_ORDER = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "verify")
-EXTRA_COLUMNS = {"peak_mem_mb": "float64", "peak_extra_mb": "float64", "kv_bytes": "Int64", "error": "string"}
+EXTRA_COLUMNS = {"peak_mem_mb": "float64", "peak_extra_mb": "float64", "peak_reserved_mb": "float64",
+                 "kv_bytes": "Int64", "error": "string"}
 
 
 class NoSamplesError(RuntimeError):
@@ -97,22 +98,37 @@ def failed_row(base: dict[str, Any], stage: str, error: BaseException | str) -> 
     if isinstance(error, BaseException):
         msg = f"{type(error).__name__}: {msg}"
     return {**base, "stage": stage, "step": 0, "duration_ms": 0.0, "kv_tokens": 0, "query_tokens": 0,
-            "gamma": 0, "peer_busy": False, "start_ms": float("nan"), "status": "failed", "error": msg}
+            "gamma": 0, "peer_busy": False, "start_ms": float("nan"), "status": "failed", "error": msg,
+            "peer_activity": "none", "overlap_frac": float("nan"), "gpu_ms": float("nan")}
+
+
+def peer_overlap(outcomes: dict[str, Any]) -> dict[str, list[tuple[float, str]]]:
+    """Per span: (fraction of it covered by the peer's GPU spans, the peer's stage covering most).
+
+    The peer's CPU stages (load, preprocess) are not "busy" for contention: they run one role
+    after the other before the barrier. Activity ``none`` when nothing overlaps.
+    """
+    res: dict[str, list[tuple[float, str]]] = {}
+    for role, out in outcomes.items():
+        peer = sorted((s["start_ms"], s["start_ms"] + s["duration_ms"], s["stage"])
+                      for o in (o for r, o in outcomes.items() if r != role) for s in o.spans
+                      if s["stage"] not in ("load", "preprocess"))
+        flags = []
+        for s in out.spans:
+            a, b = s["start_ms"], s["start_ms"] + s["duration_ms"]
+            by_stage: dict[str, float] = {}
+            for st, e, stage in peer:  # peer spans never overlap each other
+                by_stage[stage] = by_stage.get(stage, 0.0) + max(0.0, min(b, e) - max(a, st))
+            cover = sum(by_stage.values())
+            frac = min(1.0, cover / (b - a)) if b > a else 0.0
+            flags.append((frac, max(by_stage, key=by_stage.get) if cover > 0 else "none"))
+        res[role] = flags
+    return res
 
 
 def mark_peer_busy(outcomes: dict[str, Any], min_fraction: float = 0.5) -> dict[str, list[bool]]:
     """peer_busy per span: the peer's spans cover >= ``min_fraction`` of this span's duration."""
-    busy: dict[str, list[bool]] = {}
-    for role, out in outcomes.items():
-        peer = [o for r, o in outcomes.items() if r != role]
-        iv = sorted((s["start_ms"], s["start_ms"] + s["duration_ms"]) for o in peer for s in o.spans)
-        flags = []
-        for s in out.spans:
-            a, b = s["start_ms"], s["start_ms"] + s["duration_ms"]
-            cover = sum(max(0.0, min(b, e) - max(a, st)) for st, e in iv)  # peer spans never overlap each other
-            flags.append(b > a and cover >= min_fraction * (b - a))
-        busy[role] = flags
-    return busy
+    return {r: [f >= min_fraction for f, _ in v] for r, v in peer_overlap(outcomes).items()}
 
 
 def outcome_rows(outcomes: dict[str, Any], base: dict[str, Any], concurrent: bool) -> list[dict[str, Any]]:
@@ -120,21 +136,24 @@ def outcome_rows(outcomes: dict[str, Any], base: dict[str, Any], concurrent: boo
     whole sample is failed: the peer did not run as planned)."""
     failed = {r: o for r, o in outcomes.items() if o.error}
     rows: list[dict[str, Any]] = []
-    busy = mark_peer_busy(outcomes) if concurrent else {}
+    overlap = peer_overlap(outcomes) if concurrent else {}
     for role, out in outcomes.items():
         rbase = {**base, "role": role, "frames": out.frames, "prompt_tokens": out.prompt_tokens}
         if role in failed or (concurrent and failed):
             err = out.error or f"peer failed: {next(iter(failed.values())).error}"
             rows.append(failed_row(rbase, out.failed_stage if out.error else "load", err))
             continue
-        flags = busy.get(role, [False] * len(out.spans))
-        for s, flag in zip(out.spans, flags, strict=True):
+        flags = overlap.get(role, [(0.0, "none")] * len(out.spans))
+        for s, (frac, peer) in zip(out.spans, flags, strict=True):
             row = {**rbase, "stage": s["stage"], "step": int(s["step"]), "duration_ms": float(s["duration_ms"]),
                    "kv_tokens": int(s.get("kv_tokens", 0)), "query_tokens": int(s.get("query_tokens", 0)),
-                   "gamma": int(s.get("gamma", 0)), "peer_busy": bool(flag), "start_ms": float(s["start_ms"]),
-                   "status": "ok"}
+                   "gamma": int(s.get("gamma", 0)), "peer_busy": bool(frac >= 0.5), "start_ms": float(s["start_ms"]),
+                   "status": "ok", "peer_activity": peer if concurrent else "none",
+                   "overlap_frac": float(frac) if concurrent else 0.0,
+                   "gpu_ms": float(s.get("gpu_ms", float("nan")))}
             if s["stage"] == "prefill":
-                row.update(peak_mem_mb=out.peak_mem_mb, peak_extra_mb=out.peak_extra_mb, kv_bytes=out.kv_bytes)
+                row.update(peak_mem_mb=out.peak_mem_mb, peak_extra_mb=out.peak_extra_mb, kv_bytes=out.kv_bytes,
+                           peak_reserved_mb=getattr(out, "peak_reserved_mb", float("nan")))
             rows.append(row)
     return rows
 
