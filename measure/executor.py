@@ -5,9 +5,11 @@ Strategies (the same semantics as :mod:`egpt_sim.processes` / :mod:`egpt_sim.str
 * ``target_only`` — target stages 1-4 (prefill commits position 1), then decode steps.
 * ``prefill_then_verify`` — both models run stages 1-4 at once; the drafter drafts until
   the target's prefill ends or it holds ``gamma`` drafts. At that instant the target takes
-  the drafts available; if the draft for position 1 equals its own token, ONE pass over
-  ``[t1, d2..dk]`` commits ``L + 1`` tokens; then decode steps. The drafter stops (its
-  in-flight step finishes and is discarded).
+  the drafts available; ONE pass over ``[t1, d2..dk]`` commits ``L + 1`` tokens; then decode
+  steps. The drafter stops (its in-flight step finishes and is discarded).
+* ``adaptive_budget`` — ``prefill_then_verify`` with a window budget ``B`` chosen at request
+  start by the caller (``window_budget``; the rule lives in ``egpt_sim``): at most ``B``
+  drafts; ``B = 0`` runs exactly ``target_only`` (the drafter is never started).
 * ``parallel_sd`` — the same window, then the drafter keeps drafting (up to
   ``lookahead_blocks * gamma`` ahead of the committed prefix) while the target, whenever
   free, verifies ``k = min(gamma, available, N - committed - 1)`` drafts (k = 0: decode
@@ -15,21 +17,16 @@ Strategies (the same semantics as :mod:`egpt_sim.processes` / :mod:`egpt_sim.str
   last committed position and agrees with every committed token; otherwise it re-syncs
   (generation bump: its in-flight step is discarded when it completes).
 
-Concurrency: one Python thread per model, each on its own ``torch.cuda.Stream`` (shared
-GPU) or device (separate GPUs); drafts are handed over as host ints under a
-``threading.Condition``. Timing: :class:`measure.timing.StageTimer` in ``"sync"`` mode per
-thread on one shared :class:`~measure.timing.Clock`: the thread's stream is synchronised at
-both ends of every activity and ``perf_counter`` read, so ``start_ms``/``end_ms`` are host
-times relative to the request start. These syncs are not extra: every activity ends with
-``.item()``/``.tolist()`` of its token(s) anyway, because the hand-off needs them on the host.
-CPU stages (load, preprocess) use ``perf_counter`` (preprocess ends with its H2D copy).
-
-Caveat measured on an H100 (random 7B presets, HF eager, fp16): while both threads decode,
-each step takes ~63 ms instead of ~31 ms alone; an eager 7B step needs only ~5 ms of HBM
-traffic, so this is most likely the two threads' kernel launches serialising on the GIL
-(``parallel_sd`` at N = 100: ~6.4 s vs ~3.3 s for ``target_only``). Processes or CUDA
-graphs would remove it; the simulator's contention factors (measure.stages, same threads)
-carry the same effect.
+One protocol, two transports. The two roles run :func:`target_request` and
+:func:`drafter_request`, which talk only by messages (drafter -> target: ``("draft", request,
+generation, position, token)``; target -> drafter: ``("state", request, generation, committed,
+window_open, stop)``). :class:`Executor` runs them as two **threads** of this process (each on
+its own CUDA stream, created once), :class:`ProcessExecutor` as two **worker processes** that
+keep their model for every request (``--workers processes``; on one GPU the two contexts
+time-slice it, MPS state is in the metadata). Every span is timed by
+:class:`measure.timing.StageTimer` in host mode on one host clock (``perf_counter``, the
+parent's request start as origin), with CUDA events inside for ``gpu_ms``; what each span
+contains is :mod:`measure.activities`, shared with the stage runs.
 
 Acceptance: ``"model"`` (the drafter's greedy tokens) or ``"replay"`` (vLLM-style synthetic
 acceptance, kept lossless): every forward pass still runs, but at each (re-)sync the drafter
@@ -41,7 +38,9 @@ token if i <= R, else a token that differs from it. The target's verify decides 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -49,55 +48,97 @@ import numpy as np
 import pandas as pd
 import torch
 
-from measure.acceptance import leading_matches
+from measure import activities as act
 from measure.timing import Clock, StageTimer, is_cuda
 
-STRATEGIES = ("target_only", "prefill_then_verify", "parallel_sd")
+STRATEGIES = ("target_only", "prefill_then_verify", "adaptive_budget", "parallel_sd")
 CPU_STAGES = ("load", "preprocess")
+WAIT_TIMEOUT_S = 600.0
 
 
-def placement_of(target, drafter) -> str:
-    return "separate_gpu" if drafter is not None and drafter.device != target.device else "shared_gpu"
-
-
-def _gpu_index(device: torch.device, stage: str) -> int:
-    if stage in CPU_STAGES or device.type != "cuda":
-        return -1
-    return device.index if device.index is not None else torch.cuda.current_device()
+def placement_of(target_device, drafter_device) -> str:
+    if drafter_device is None:
+        return "shared_gpu"
+    return "separate_gpu" if torch.device(drafter_device) != torch.device(target_device) else "shared_gpu"
 
 
 @dataclass
-class _Board:
-    """State shared by the two threads (guarded by ``cond``); tokens are 1-based positions."""
+class RequestSpec:
+    """One request, as both roles see it (plain data: crosses process boundaries)."""
 
-    n_tokens: int
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    committed: list[int] = field(default_factory=list)
-    drafts: list[int] = field(default_factory=list)  # drafter's chain, positions 1..len
-    generation: int = 0  # bumped on every re-sync of the drafter
-    window_open: bool = True  # target prefill not finished
-    stop: bool = False
-    error: BaseException | None = None
+    request_id: int
+    strategy: str
+    output_tokens: int
+    gamma: int
+    lookahead: int
+    window_budget: int | None = None
+    reference: list[int] | None = None
+    replay: Any = None
+    replay_seed: int = 0
+    host0_s: float = 0.0
 
-    def available(self) -> list[int]:
-        """Drafts beyond the committed prefix, if the chain agrees with it (else none)."""
-        m = len(self.committed)
-        return self.drafts[m:] if self.drafts[:m] == self.committed else []
+    @property
+    def uses_drafter(self) -> bool:
+        return self.strategy != "target_only" and self.window_cap > 0
 
-    def commit(self, tokens: Sequence[int]) -> None:
-        """Append committed tokens; re-sync the drafter unless its chain covers and agrees."""
-        self.committed += list(tokens)
-        m = len(self.committed)
-        if not (len(self.drafts) >= m and self.drafts[:m] == self.committed):
-            self.generation += 1
-            self.drafts = []
-        if m >= self.n_tokens:
-            self.stop = True
-        self.cond.notify_all()
+    @property
+    def window_cap(self) -> int:
+        """Drafts allowed while the target prefills."""
+        if self.strategy == "adaptive_budget":
+            return max(0, min(self.gamma, self.gamma if self.window_budget is None else self.window_budget))
+        return self.gamma
 
 
-def _argmax(logits: torch.Tensor, position: int) -> int:
-    return int(logits.argmax())
+# --------------------------------------------------------------------------- channels
+
+
+class QueueChannel:
+    """One direction of messages between two threads."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue()
+
+    def send(self, msg: tuple) -> None:
+        self.q.put(msg)
+
+    def poll(self) -> list[tuple]:
+        out = []
+        while True:
+            try:
+                out.append(self.q.get_nowait())
+            except queue.Empty:
+                return out
+
+    def wait(self, timeout_s: float) -> list[tuple]:
+        try:
+            first = self.q.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"no message for {timeout_s:.0f} s (peer stuck or dead)") from None
+        return [first] + self.poll()
+
+
+class PipeChannel:
+    """One direction of messages between two processes (``multiprocessing`` connection ends)."""
+
+    def __init__(self, recv_end: Any = None, send_end: Any = None) -> None:
+        self.recv_end, self.send_end = recv_end, send_end
+
+    def send(self, msg: tuple) -> None:
+        self.send_end.send(msg)
+
+    def poll(self) -> list[tuple]:
+        out = []
+        while self.recv_end.poll():
+            out.append(self.recv_end.recv())
+        return out
+
+    def wait(self, timeout_s: float) -> list[tuple]:
+        if not self.recv_end.poll(timeout_s):
+            raise TimeoutError(f"no message for {timeout_s:.0f} s (peer stuck or dead)")
+        return self.poll()
+
+
+# --------------------------------------------------------------------------- acceptance replay
 
 
 class _Replay:
@@ -121,7 +162,164 @@ class _Replay:
         want = self.reference[position - 1]
         if position - self.sync_pos <= self.run:
             return want
-        return own if own != want else int(logits[0].topk(2).indices[1])
+        return own if own != want else int(logits.reshape(-1).topk(2).indices[1])
+
+
+# --------------------------------------------------------------------------- the two roles
+
+
+def prefill_phase(pipe, timer: StageTimer, sample, pick: act.Pick) -> tuple[Any, int, int]:
+    """Stages 1-4 -> (cache, token for position 1, prompt tokens); graphs captured after, outside spans."""
+    with timer.span("load", gpu=False):
+        loaded = pipe.load(sample)
+    with timer.span("preprocess", gpu=False, sync_cpu_end=True):
+        inputs = pipe.preprocess(loaded, sample.query)
+    with timer.span("vision_encode"):
+        embeds = pipe.vision_encode(inputs)
+    with timer.span("prefill", tokens=1):
+        cache, token = act.prefill_first_token(pipe, embeds, pick)
+    return cache, token, int(embeds.shape[1])
+
+
+@dataclass
+class _TargetView:
+    """What the target knows: committed tokens, the drafter's chain (positions 1..), generation."""
+
+    req: RequestSpec
+    committed: list[int] = field(default_factory=list)
+    drafts: list[int] = field(default_factory=list)
+    generation: int = 0
+
+    def receive(self, msgs: list[tuple]) -> None:
+        for kind, rid, gen, pos, tok in msgs:
+            if kind == "draft" and rid == self.req.request_id and gen == self.generation and pos == len(self.drafts) + 1:
+                self.drafts.append(tok)
+
+    def available(self) -> list[int]:
+        """Drafts beyond the committed prefix, if the chain agrees with it (else none)."""
+        m = len(self.committed)
+        return self.drafts[m:] if self.drafts[:m] == self.committed else []
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        """Append committed tokens; re-sync the drafter unless its chain covers and agrees."""
+        self.committed += list(tokens)
+        m = len(self.committed)
+        if not (len(self.drafts) >= m and self.drafts[:m] == self.committed):
+            self.generation += 1
+            self.drafts = list(self.committed)
+
+    def state(self, window_open: bool, stop: bool) -> tuple:
+        return ("state", self.req.request_id, self.generation, list(self.committed), window_open, stop)
+
+
+def target_request(pipe, sample, req: RequestSpec, timer: StageTimer, inbox, outbox) -> dict[str, Any]:
+    """The target's side of one request -> stats and the committed tokens (key ``tokens``)."""
+    view, stats = _TargetView(req), {"window_drafts": 0, "accepted": 0, "verify_passes": 0,
+                                     "tokens_from_window": 0, "first_draft_matched": False}
+    spec, keep = req.uses_drafter, req.strategy == "parallel_sd"
+    try:
+        cache, t1, prompt = prefill_phase(pipe, timer, sample, act.argmax_pick)
+        _prepare(pipe, range(1, req.gamma + 2))
+        if spec:
+            view.receive(inbox.poll())  # the window closes: the drafts available at this instant
+        stats["window_drafts"] = len(view.drafts)
+        if view.drafts[:1] == [t1]:  # d1 accepted (saves no pass), as in egpt_sim
+            stats.update(first_draft_matched=True, accepted=1, tokens_from_window=1)
+        view.commit([t1])
+        window = view.available()
+        if spec:
+            outbox.send(view.state(False, stop=not keep))
+        first = True
+        while len(view.committed) < req.output_tokens:
+            if keep and not first:
+                view.receive(inbox.poll())
+            avail = window if first else (view.available() if keep else [])
+            m = len(view.committed)
+            drafts = list(avail[: max(0, min(req.gamma, req.output_tokens - m - 1))])
+            with timer.span("verify" if drafts else "decode_step", tokens=len(drafts) + 1):
+                if drafts:
+                    n_acc, tt = act.verify_pass(pipe, cache, view.committed[-1], drafts, prompt + m - 1)
+                else:
+                    cache, tok = act.decode_token(pipe, cache, view.committed[-1], m + 1)
+                    n_acc, tt = 0, [tok]
+            stats["accepted"] += n_acc
+            stats["verify_passes"] += int(bool(drafts))
+            stats["tokens_from_window"] += n_acc if first and drafts else 0
+            first = False
+            if keep:
+                view.receive(inbox.poll())  # drafts finished during the pass (as a shared board would hold)
+            view.commit(drafts[:n_acc] + [tt[n_acc]])
+            if keep:
+                outbox.send(view.state(False, stop=len(view.committed) >= req.output_tokens))
+    finally:
+        if spec:
+            outbox.send(view.state(False, stop=True))  # never leave the drafter waiting
+    return {**stats, "tokens": view.committed[: req.output_tokens]}
+
+
+def _prepare(pipe, query_lengths) -> None:
+    if not pipe.backend.prepared:  # graphs/compiled: first request only (a warm-up), outside spans
+        pipe.prepare_backend(list(query_lengths))
+
+
+@dataclass
+class _DrafterState:
+    """What the drafter knows from the target's last ``state`` message."""
+
+    generation: int = 0
+    committed: list[int] = field(default_factory=list)
+    window_open: bool = True
+    stop: bool = False
+
+    def receive(self, msgs: list[tuple], request_id: int) -> None:
+        for kind, rid, gen, committed, window_open, stop in msgs:
+            if kind == "state" and rid == request_id:
+                self.generation, self.committed = gen, committed
+                self.window_open, self.stop = window_open, self.stop or stop
+
+
+def drafter_request(pipe, sample, req: RequestSpec, timer: StageTimer, inbox, outbox) -> dict[str, Any]:
+    """The drafter's side of one request -> stats (drafted, wasted_drafts)."""
+    rp = None if req.replay is None else _Replay(req.replay, req.reference, req.replay_seed)
+    if rp is not None:
+        rp.resync(0, first=True)
+    pick = act.argmax_pick if rp is None else rp.pick
+    st, gen, stats = _DrafterState(), 0, {"drafted": 0, "wasted_drafts": 0}
+    cache, tok, prompt = prefill_phase(pipe, timer, sample, pick)
+    _prepare(pipe, range(1, 2 * req.gamma + 3))
+    seq, fed, step_gen = [], 0, 0  # chain (positions 1..len); KV holds prompt + seq[:fed]
+    while True:
+        st.receive(inbox.poll(), req.request_id)
+        if tok is not None:  # the step that just finished
+            stats["drafted"] += 1
+            if st.generation == step_gen and not st.stop:
+                seq.append(tok)
+                outbox.send(("draft", req.request_id, gen, len(seq), tok))
+            else:
+                stats["wasted_drafts"] += 1
+            tok = None
+        while True:
+            if st.stop:
+                return stats
+            if st.generation != gen:  # re-sync from the committed prefix
+                gen, committed = st.generation, list(st.committed)
+                fed = act.leading_matches(seq[:fed], committed)
+                seq = committed
+                fed = min(fed, len(seq) - 1)  # a draft the target had not yet received: re-feed the last token
+                if rp is not None:
+                    rp.resync(len(seq), first=False)
+            cap = req.window_cap if st.window_open else req.lookahead
+            if len(seq) - len(st.committed) < cap and len(seq) < req.output_tokens:
+                break
+            st.receive(inbox.wait(WAIT_TIMEOUT_S), req.request_id)
+        pipe.crop(cache, prompt + fed)  # no-op unless a re-sync dropped tokens
+        step_gen = gen
+        with timer.span("draft_step", tokens=1):
+            cache, tok = act.draft_token(pipe, cache, seq[fed:], len(seq) + 1, pick)
+        fed = len(seq)
+
+
+# --------------------------------------------------------------------------- results
 
 
 @dataclass
@@ -131,207 +329,249 @@ class RequestResult:
     tokens: list[int]
 
 
+def _gpu_index(device: torch.device, stage: str) -> int:
+    if stage in CPU_STAGES or device.type != "cuda":
+        return -1
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def span_rows(spans: list, actor: str, device: torch.device, request_id: int) -> list[dict[str, Any]]:
+    """TIMELINE rows of resolved spans (+ ``gpu_ms``)."""
+    return [{"request_id": request_id, "actor": actor, "activity": sp.stage, "start_ms": sp.start_ms,
+             "end_ms": sp.start_ms + sp.duration_ms, "gpu": _gpu_index(torch.device(device), sp.stage),
+             "tokens": int(sp.info.get("tokens", 0)), "gpu_ms": sp.gpu_ms} for sp in spans]
+
+
+def build_result(req: RequestSpec, sample_id: str, rows: list[dict], t_out: dict, d_out: dict | None,
+                 placement: str, workers: str, sigma: float) -> RequestResult:
+    """Per-request row (see :meth:`Executor.run`) + timeline from both roles' outputs."""
+    timeline = pd.DataFrame(rows).sort_values(["start_ms", "actor"], kind="stable").reset_index(drop=True)
+    t0 = float(timeline["start_ms"].min())  # times from the request's first activity (dispatch excluded)
+    timeline["start_ms"] -= t0
+    timeline["end_ms"] -= t0
+    tgt = timeline[timeline["actor"] == "target"]
+    tokens = t_out.pop("tokens")
+    d_out = d_out or {"drafted": 0, "wasted_drafts": 0}
+    row = {"strategy": req.strategy, "request_id": req.request_id, "sample_id": sample_id,
+           "output_tokens": req.output_tokens, "gamma": req.gamma if req.strategy != "target_only" else 0,
+           "window_budget": req.window_cap if req.strategy != "target_only" else 0,
+           "latency_ms": float(tgt["end_ms"].max()),
+           "ttft_ms": float(tgt.loc[tgt["activity"] == "prefill", "end_ms"].iloc[0]),
+           **d_out, **t_out,
+           "lossless": None if req.reference is None else tokens == list(req.reference[: req.output_tokens]),
+           "acceptance_mode": "replay" if req.replay is not None else "model",
+           "sigma": float(sigma), "placement": placement, "workers": workers,
+           "target_passes": int(tgt["activity"].isin(["decode_step", "verify"]).sum())}
+    return RequestResult(row, timeline, tokens)
+
+
+def make_request(strategy: str, output_tokens: int, request_id: int, gamma: int, lookahead: int,
+                 reference=None, replay=None, replay_seed: int = 0, window_budget: int | None = None,
+                 has_drafter: bool = True) -> RequestSpec:
+    """Validated :class:`RequestSpec` (one-line ``ValueError`` on bad input)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    if output_tokens < 1:
+        raise ValueError(f"output_tokens must be >= 1, got {output_tokens}")
+    req = RequestSpec(request_id, strategy, output_tokens, gamma, lookahead, window_budget,
+                      None if reference is None else [int(t) for t in reference], replay, replay_seed,
+                      time.perf_counter())
+    if req.uses_drafter and not has_drafter:
+        raise ValueError(f"strategy {strategy!r} needs a drafter pipeline")
+    if replay is not None and (reference is None or len(reference) < output_tokens):
+        raise ValueError("acceptance replay needs the target_only reference tokens (>= N)")
+    return req
+
+
+# --------------------------------------------------------------------------- threads
+
+
 class Executor:
-    """Runs requests on a target (and drafter) pipeline; streams are created once and reused."""
+    """Runs requests on a target (and drafter) pipeline as two threads; streams created once."""
+
+    workers = "threads"
 
     def __init__(self, target, drafter=None, gamma: int = 8, lookahead_blocks: int = 2):
         if gamma < 1 or lookahead_blocks < 1:
             raise ValueError(f"gamma and lookahead_blocks must be >= 1 (got {gamma}, {lookahead_blocks})")
         self.target, self.drafter = target, drafter
         self.gamma, self.lookahead = gamma, lookahead_blocks * gamma
-        self.placement = placement_of(target, drafter)
+        self.placement = placement_of(target.device, None if drafter is None else drafter.device)
         self.streams = {role: torch.cuda.Stream(p.device) if is_cuda(p.device) else None
                         for role, p in (("target", target), ("drafter", drafter)) if p is not None}
 
-    # ------------------------------------------------------------------ public
     def run(self, sample, strategy: str, output_tokens: int, request_id: int = 0,
             reference: Sequence[int] | None = None, replay=None, replay_seed: int = 0,
-            sigma: float = float("nan")) -> RequestResult:
+            sigma: float = float("nan"), window_budget: int | None = None) -> RequestResult:
         """One request. ``reference`` = target_only tokens (lossless check; needed by replay).
 
-        ``replay`` is an acceptance source (``runs(u, first, sample_u)``) or None (model mode).
-        Returns the per-request row, the TIMELINE rows and the N committed tokens. Row columns
-        (times in ms from the request start; counts in tokens): strategy, request_id,
-        sample_id, output_tokens (N), gamma (0 for target_only), latency_ms (end of the
-        target's last pass), ttft_ms (end of the target's prefill), drafted (drafts produced:
-        prefill + draft steps), wasted_drafts (of those, discarded by a re-sync or the stop),
-        window_drafts (drafts held when the target's prefill ended), accepted (drafts equal
-        to committed tokens: d1 == t1 plus those accepted by passes, as egpt_sim's
-        accepted_tokens), verify_passes, target_passes, tokens_from_window (accepted prefix
-        of the window's drafts: d1 + the first pass's, as egpt_sim's window_accepted),
-        first_draft_matched, lossless (tokens == reference; None without one),
-        acceptance_mode ("model" | "replay"), sigma, placement ("shared_gpu" | "separate_gpu").
+        Row columns (times in ms from the request start; counts in tokens): strategy,
+        request_id, sample_id, output_tokens (N), gamma (0 for target_only), window_budget,
+        latency_ms (end of the target's last pass), ttft_ms (end of the target's prefill),
+        drafted (drafts produced), wasted_drafts (of those, discarded by a re-sync or the
+        stop), window_drafts (drafts held when the target's prefill ended), accepted (drafts
+        equal to committed tokens: d1 == t1 plus those accepted by passes), verify_passes,
+        target_passes, tokens_from_window, first_draft_matched, lossless (tokens ==
+        reference; None without one), acceptance_mode, sigma, placement, workers.
         """
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
-        if output_tokens < 1:
-            raise ValueError(f"output_tokens must be >= 1, got {output_tokens}")
-        spec = strategy != "target_only"
-        if spec and self.drafter is None:
-            raise ValueError(f"strategy {strategy!r} needs a drafter pipeline")
-        if replay is not None and (reference is None or len(reference) < output_tokens):
-            raise ValueError("acceptance replay needs the target_only reference tokens (>= N)")
-        board = _Board(output_tokens)
-        devices = [self.target.device] + ([self.drafter.device] if spec else [])
-        clock = Clock(tuple(devices))
-        stats: dict[str, Any] = {"drafted": 0, "wasted_drafts": 0, "window_drafts": 0, "accepted": 0,
-                                 "verify_passes": 0, "tokens_from_window": 0, "first_draft_matched": False}
-        timers = {"target": StageTimer(self.target.device, clock, mode="sync")}
-        jobs = [threading.Thread(target=self._guard, args=(board, self._target_loop, board, strategy,
-                                                            timers["target"], sample, stats), daemon=True)]
-        if spec:
-            rp = None if replay is None else _Replay(replay, reference, replay_seed)
-            timers["drafter"] = StageTimer(self.drafter.device, clock, mode="sync")
-            jobs.append(threading.Thread(target=self._guard, args=(board, self._drafter_loop, board,
-                                                                    timers["drafter"], sample, stats, rp),
-                                         daemon=True))
+        req = make_request(strategy, output_tokens, request_id, self.gamma, self.lookahead, reference, replay,
+                           replay_seed, window_budget, self.drafter is not None)
+        to_target, to_drafter = QueueChannel(), QueueChannel()
+        devices = [self.target.device] + ([self.drafter.device] if req.uses_drafter else [])
+        clock = Clock(tuple(devices), host0_s=req.host0_s)
+        timers = {r: StageTimer(p.device, clock) for r, p in (("target", self.target), ("drafter", self.drafter))
+                  if r == "target" or req.uses_drafter}
+        outs: dict[str, Any] = {}
+        jobs = [threading.Thread(target=self._guard, daemon=True, args=(
+            outs, "target", target_request, self.target, sample, req, timers["target"], to_target, to_drafter))]
+        if req.uses_drafter:
+            jobs.append(threading.Thread(target=self._guard, daemon=True, args=(
+                outs, "drafter", drafter_request, self.drafter, sample, req, timers["drafter"], to_drafter,
+                to_target)))
         for j in jobs:
             j.start()
         for j in jobs:
             j.join()
-        if board.error is not None:
-            raise board.error
-        tokens = board.committed[:output_tokens]
-        timeline = self._timeline(timers, request_id)
-        tgt = timeline[timeline["actor"] == "target"]
-        row = {"strategy": strategy, "request_id": request_id, "sample_id": sample.sample_id,
-               "output_tokens": output_tokens, "gamma": self.gamma if spec else 0,
-               "latency_ms": float(tgt["end_ms"].max()),
-               "ttft_ms": float(tgt.loc[tgt["activity"] == "prefill", "end_ms"].iloc[0]),
-               **stats, "lossless": None if reference is None else tokens == list(reference[:output_tokens]),
-               "acceptance_mode": "replay" if replay is not None else "model",
-               "sigma": float(sigma), "placement": self.placement,
-               "target_passes": int(tgt["activity"].isin(["decode_step", "verify"]).sum())}
-        return RequestResult(row, timeline, tokens)
+        for role in ("target", "drafter"):
+            if isinstance(outs.get(role), BaseException):
+                raise outs[role]
+        rows = [r for role, t in timers.items()
+                for r in span_rows(t.resolve(), role, (self.target if role == "target" else self.drafter).device,
+                                   request_id)]
+        return build_result(req, sample.sample_id, rows, outs["target"], outs.get("drafter"), self.placement,
+                            self.workers, sigma)
 
-    # ------------------------------------------------------------------ threads
-    @staticmethod
-    def _guard(board: _Board, fn, *args) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            with board.cond:
-                board.error = board.error or exc
-                board.stop = True
-                board.cond.notify_all()
-
-    def _context(self, role: str) -> contextlib.ExitStack:
-        """This thread's current device and stream (thread-local in torch)."""
-        pipe = self.target if role == "target" else self.drafter
+    def _guard(self, outs: dict, role: str, fn, pipe, *args) -> None:
+        """Run one role in this thread, on its stream; an exception is handed to the caller."""
         stack = contextlib.ExitStack()
-        if is_cuda(pipe.device):
+        if self.streams.get(role) is not None:
             stack.enter_context(torch.cuda.device(pipe.device))
             stack.enter_context(torch.cuda.stream(self.streams[role]))
-        return stack
-
-    @staticmethod
-    def _prefill_phase(pipe, timer: StageTimer, sample, pick) -> tuple[Any, int, int]:
-        """Stages 1-4 -> (cache, token for position 1 = pick(logits, 1), prompt tokens)."""
-        with timer.span("load", gpu=False):
-            loaded = pipe.load(sample)
-        with timer.span("preprocess", gpu=False, sync_cpu_end=True):
-            inputs = pipe.preprocess(loaded, sample.query)
-        with timer.span("vision_encode"):
-            embeds = pipe.vision_encode(inputs)
-        with timer.span("prefill", tokens=1):
-            cache, logits = pipe.prefill(embeds)
-            token = pick(logits, 1)  # host sync: the hand-off needs the token
-        return cache, token, int(embeds.shape[1])
-
-    def _target_loop(self, board: _Board, strategy: str, timer: StageTimer, sample, stats) -> None:
-        t = self.target
-        with self._context("target"):
-            cache, t1, prompt = self._prefill_phase(t, timer, sample, _argmax)
-            with board.cond:  # the window closes: take the drafts available at this instant
-                board.window_open = False
-                stats["window_drafts"] = len(board.drafts)
-                if board.drafts[:1] == [t1]:  # d1 accepted (saves no pass), as in egpt_sim
-                    stats.update(first_draft_matched=True, accepted=1, tokens_from_window=1)
-                if strategy == "prefill_then_verify":
-                    board.stop = True  # the drafter's in-flight step is discarded
-                board.commit([t1])
-                avail = board.available()
-            first = True
-            while True:
-                with board.cond:
-                    m = len(board.committed)
-                    if m >= board.n_tokens or board.error is not None:
-                        break
-                    if not first:
-                        avail = board.available() if strategy == "parallel_sd" else []
-                    last = board.committed[-1]
-                drafts = list(avail[: max(0, min(self.gamma, board.n_tokens - m - 1))])
-                k = len(drafts)
-                with timer.span("verify" if k else "decode_step", tokens=k + 1 if k else 1):
-                    if k:
-                        logits = t.verify(cache, [last] + drafts)[0]
-                    else:
-                        cache, logits = t.decode_step(cache, last)
-                    tt = logits.argmax(-1).reshape(-1).tolist()
-                    n_acc = leading_matches(drafts, tt)
-                    if k:  # keep the KV of [last] + accepted drafts; drop the rejected ones
-                        t.crop(cache, prompt + m + n_acc)
-                stats["accepted"] += n_acc
-                stats["verify_passes"] += int(k > 0)
-                if first and k:
-                    stats["tokens_from_window"] += n_acc
-                first = False
-                with board.cond:
-                    board.commit(drafts[:n_acc] + [tt[n_acc]])
-
-    def _drafter_loop(self, board: _Board, timer: StageTimer, sample, stats, rp: _Replay | None) -> None:
-        d = self.drafter
-        with self._context("drafter"):
-            if rp is not None:
-                rp.resync(0, first=True)
-            pick = _argmax if rp is None else rp.pick
-            gen = 0
-            cache, tok, prompt = self._prefill_phase(d, timer, sample, pick)
-            seq, fed = [], 0  # chain (positions 1..len); KV holds prompt + seq[:fed]
-            while True:
-                with board.cond:
-                    if tok is not None:  # result of the step that just finished
-                        stats["drafted"] += 1
-                        if board.generation == gen and not board.stop:
-                            seq.append(tok)
-                            board.drafts = list(seq)
-                            board.cond.notify_all()
-                        else:
-                            stats["wasted_drafts"] += 1
-                    tok = None
-                    while True:
-                        if board.stop:
-                            return
-                        if board.generation != gen:  # re-sync from the committed prefix
-                            gen, committed = board.generation, list(board.committed)
-                            fed = leading_matches(seq[:fed], committed)
-                            seq = committed
-                            if rp is not None:
-                                rp.resync(len(seq), first=False)
-                        cap = self.gamma if board.window_open else self.lookahead
-                        if len(seq) - len(board.committed) < cap and len(seq) < board.n_tokens:
-                            break
-                        board.cond.wait()
-                d.crop(cache, prompt + fed)  # no-op unless a re-sync dropped tokens
-                todo = seq[fed:]
-                assert todo, "drafter chain has nothing to feed"
-                with timer.span("draft_step", tokens=1):
-                    if len(todo) == 1:
-                        cache, logits = d.decode_step(cache, todo[0])
-                    else:  # catch up on committed tokens it has not fed, in one forward
-                        logits = d.verify(cache, todo)[:, -1]
-                    tok = pick(logits, len(seq) + 1)
-                fed = len(seq)
-
-    # ------------------------------------------------------------------ output
-    def _timeline(self, timers: dict[str, StageTimer], request_id: int) -> pd.DataFrame:
-        rows = []
-        for actor, timer in timers.items():
-            device = (self.target if actor == "target" else self.drafter).device
-            for sp in timer.resolve():
-                rows.append({"request_id": request_id, "actor": actor, "activity": sp.stage,
-                             "start_ms": sp.start_ms, "end_ms": sp.end_ms,
-                             "gpu": _gpu_index(device, sp.stage), "tokens": int(sp.info.get("tokens", 0))})
-        return pd.DataFrame(rows).sort_values(["start_ms", "actor"], kind="stable").reset_index(drop=True)
+        try:
+            with stack:
+                outs[role] = fn(pipe, *args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outs[role] = exc  # (the target never waits for the drafter; a failing target stops it)
 
 
+# --------------------------------------------------------------------------- processes
+
+
+def _worker(role: str, build: dict[str, Any], commands, results, inbox_end, outbox_end) -> None:
+    """Worker process: build one pipeline, then serve requests until ``None`` arrives."""
+    from measure.models import build_pipeline
+
+    try:
+        pipe = build_pipeline(role, **build)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        results.put(("error", role, -1, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+        return
+    results.put(("ready", role, -1, pipe.info))
+    inbox, outbox = PipeChannel(recv_end=inbox_end), PipeChannel(send_end=outbox_end)
+    fn = target_request if role == "target" else drafter_request
+    stack = contextlib.ExitStack()
+    if is_cuda(pipe.device):
+        stack.enter_context(torch.cuda.device(pipe.device))
+        stack.enter_context(torch.cuda.stream(torch.cuda.Stream(pipe.device)))  # once per worker
+    with stack:
+        while (item := commands.get()) is not None:
+            sample, req = item
+            inbox.poll()  # drop what earlier requests left (messages carry request ids anyway)
+            timer = StageTimer(pipe.device, Clock((pipe.device,), host0_s=req.host0_s))
+            try:
+                out = fn(pipe, sample, req, timer, inbox, outbox)
+                results.put(("done", role, req.request_id, (timer.resolve(), out, dict(pipe.backend.info))))
+            except Exception as exc:  # noqa: BLE001 - one failed request must not end the worker
+                results.put(("error", role, req.request_id, f"{type(exc).__name__}: "
+                                                            f"{(str(exc).splitlines() or [''])[0]}"))
+
+
+class ProcessExecutor:
+    """The same requests as :class:`Executor`, with each model in its own worker process.
+
+    ``build`` maps role -> :func:`measure.models.build_pipeline` keyword arguments (each worker
+    builds its own model; pass ``seed`` to make ``random:`` weights equal to an in-process copy).
+    Drafts and verdicts travel through two one-way pipes between the workers; the parent only
+    dispatches requests and collects spans. Use as a context manager (workers are closed).
+    """
+
+    workers = "processes"
+
+    def __init__(self, build: dict[str, dict[str, Any]], gamma: int = 8, lookahead_blocks: int = 2,
+                 poll_s: float = 2.0):
+        import torch.multiprocessing as mp
+
+        if gamma < 1 or lookahead_blocks < 1:
+            raise ValueError(f"gamma and lookahead_blocks must be >= 1 (got {gamma}, {lookahead_blocks})")
+        ctx = mp.get_context("spawn")
+        self.gamma, self.lookahead, self.poll_s = gamma, lookahead_blocks * gamma, poll_s
+        self.devices = {r: torch.device(b["device"]) for r, b in build.items()}
+        self.placement = placement_of(self.devices["target"], self.devices.get("drafter"))
+        self.results = ctx.Queue()
+        self.commands = {r: ctx.Queue() for r in build}
+        d2t, t2d = ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)  # (recv end, send end)
+        ends = {"target": (d2t[0], t2d[1]), "drafter": (t2d[0], d2t[1])}
+        self.procs = {r: ctx.Process(target=_worker, name=f"executor-{r}", daemon=True,
+                                     args=(r, build[r], self.commands[r], self.results, *ends[r])) for r in build}
+        for p in self.procs.values():
+            p.start()
+        self.info: dict[str, Any] = {}
+        try:
+            while len(self.info) < len(self.procs):
+                kind, role, _, payload = self._get()
+                if kind == "error":
+                    raise RuntimeError(f"{role} worker failed to build its model: {payload}")
+                self.info[role] = payload
+        except BaseException:
+            self.close()
+            raise
+
+    def _get(self) -> tuple:
+        while True:
+            try:
+                return self.results.get(timeout=self.poll_s)
+            except queue.Empty:
+                dead = [r for r, p in self.procs.items() if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"worker process(es) {dead} died (exit codes "
+                                       f"{[self.procs[r].exitcode for r in dead]})") from None
+
+    def run(self, sample, strategy: str, output_tokens: int, request_id: int = 0,
+            reference: Sequence[int] | None = None, replay=None, replay_seed: int = 0,
+            sigma: float = float("nan"), window_budget: int | None = None) -> RequestResult:
+        """One request (arguments and row as :meth:`Executor.run`)."""
+        req = make_request(strategy, output_tokens, request_id, self.gamma, self.lookahead, reference, replay,
+                           replay_seed, window_budget, "drafter" in self.procs)
+        roles = ["target", "drafter"] if req.uses_drafter else ["target"]
+        for r in roles:
+            self.commands[r].put((sample, req))
+        outs, errors = {}, []
+        while len(outs) + len(errors) < len(roles):
+            kind, role, rid, payload = self._get()
+            if rid != request_id:
+                continue
+            if kind == "error":
+                errors.append(f"{role}: {payload}")
+            else:
+                outs[role] = payload
+                self.info[role]["decode_backend"] = payload[2]
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        rows = [r for role in roles for r in span_rows(outs[role][0], role, self.devices[role], request_id)]
+        return build_result(req, sample.sample_id, rows, outs["target"][1], outs.get("drafter", (0, None))[1],
+                            self.placement, self.workers, sigma)
+
+    def close(self) -> None:
+        for q in self.commands.values():
+            q.put(None)
+        for p in self.procs.values():
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+
+    def __enter__(self) -> "ProcessExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -258,7 +258,8 @@ def build_pipeline(role: str, source: str, dtype: str = "fp16", quant: str | Non
                    device: str | torch.device = "cuda:0", frames: int = 8,
                    attn_implementation: str = "sdpa", video_decoder: str = "auto",
                    sdpa_backends: str = "no-cudnn", backend: str = "eager",
-                   max_new_tokens: int = 256, compile_backend: str = "inductor") -> Pipeline:
+                   max_new_tokens: int = 256, compile_backend: str = "inductor",
+                   seed: int | None = None) -> Pipeline:
     """Load/build the ``role`` model from ``source`` (``random:<preset>`` or a checkpoint dir).
 
     ``sdpa_backends`` is applied process-wide (see :func:`configure_sdpa`) and recorded in ``info``.
@@ -268,7 +269,7 @@ def build_pipeline(role: str, source: str, dtype: str = "fp16", quant: str | Non
     device = torch.device(device)
     flags = configure_sdpa(sdpa_backends)
     comps = load_components(role, source, dtype=dtype, quant=quant, device=device,
-                            attn_implementation=attn_implementation)
+                            attn_implementation=attn_implementation, seed=seed)
     comps.info.update(sdpa_backends=sdpa_backends, sdpa_enabled=flags)
     return Pipeline(role, comps, device, frames, video_decoder, backend=backend,
                     max_new_tokens=max_new_tokens, compile_backend=compile_backend)

@@ -191,8 +191,12 @@ def _model_class(role: str):
 
 
 def load_components(role: str, source: str, dtype: str = "fp16", quant: str | None = None,
-                    device: str | torch.device = "cuda:0", attn_implementation: str = "sdpa") -> Components:
-    """Build or load the ``role`` model from ``source`` on ``device`` (eval mode)."""
+                    device: str | torch.device = "cuda:0", attn_implementation: str = "sdpa",
+                    seed: int | None = None) -> Components:
+    """Build or load the ``role`` model from ``source`` on ``device`` (eval mode).
+
+    ``seed`` seeds a ``random:`` preset's initialisation (None: whatever the global RNG holds).
+    """
     from transformers import AutoImageProcessor, AutoTokenizer
 
     if role not in ROLE_MODEL_TYPE:
@@ -212,6 +216,9 @@ def load_components(role: str, source: str, dtype: str = "fp16", quant: str | No
         info.update(kind="random", preset=preset, model_type=config.model_type)
         prev = torch.get_default_dtype()
         torch.set_default_dtype(torch_dtype)  # build directly in the target dtype, on the device
+        if seed is not None:  # same seed, same role, same device type -> the same weights (worker processes)
+            torch.manual_seed(int(seed))
+            info["init_seed"] = int(seed)
         try:
             with torch.device(device):
                 model = cls._from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)

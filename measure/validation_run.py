@@ -39,7 +39,7 @@ import torch
 
 from egpt_sim import schema
 from measure.acceptance import check_vocab, record_acceptance, run_parts, write_part
-from measure.executor import STRATEGIES, Executor
+from measure.executor import STRATEGIES, Executor, ProcessExecutor
 
 RESULTS, TIMELINE, PARTS = "executor_results", "executor_timeline", "executor_parts"
 
@@ -62,10 +62,21 @@ class ValidationConfig:
     target_device: str = "cuda:0"
     drafter_device: str | None = None   # None: the target's device (shared_gpu)
     dtype: str = "fp16"
+    backend: str = "eager"              # measure.backends: eager | static | graphs | compiled
+    workers: str | None = None          # threads | processes; None: processes for graphs/compiled
     stage_samples: int = 3              # samples of measure.stages per placement (0: skip)
     stage_decode_steps: int = 20
     seed: int = 0
     max_minutes: float | None = None    # stop starting new samples after this wall time
+
+    @property
+    def worker_kind(self) -> str:
+        return self.workers or ("processes" if self.backend in ("graphs", "compiled") else "threads")
+
+    @property
+    def concurrency(self) -> str:
+        """The stage runs' name for the same kind of peer (threads run on CUDA streams)."""
+        return "processes" if self.worker_kind == "processes" else "streams"
 
 
 def executor_run_id(cfg: ValidationConfig) -> str:
@@ -83,9 +94,10 @@ def _stage_timings(cfg: ValidationConfig, data: str, out: Path, resume: bool, lo
 
     placement = "separate_gpu" if cfg.drafter_device not in (None, cfg.target_device) else "shared_gpu"
     plan = RunPlan(target=cfg.target, drafter=cfg.drafter, dataset=data, out=str(out), n_samples=cfg.stage_samples,
-                   dtype=cfg.dtype, placements=("alone", placement), concurrency=("streams",),
+                   dtype=cfg.dtype, placements=("alone", placement), concurrency=(cfg.concurrency,),
                    target_device=cfg.target_device, drafter_device=cfg.drafter_device, resume=resume,
-                   progress=False, stage=StageConfig(decode_steps=cfg.stage_decode_steps, gammas=(1, 2, 4, 8, 16)))
+                   backend=cfg.backend, progress=False,
+                   stage=StageConfig(decode_steps=cfg.stage_decode_steps, gammas=(1, 2, 4, 8, 16)))
     ok, errors = execute(plan, log=log)
     gc.collect()
     if torch.cuda.is_available():
@@ -93,15 +105,46 @@ def _stage_timings(cfg: ValidationConfig, data: str, out: Path, resume: bool, lo
     return errors
 
 
-def _replay_sources(out: Path, run_id: str) -> dict[str, object]:
-    """Per-sample acceptance sources of one acceptance run (tail rate pooled over samples)."""
+def _replay_sources(out: Path, run_id: str, pooled: bool = False):
+    """Per-sample acceptance sources of one acceptance run (tail rate pooled over samples), or
+    one source over every sample (``pooled``)."""
     from egpt_sim.acceptance import TraceAcceptance, conditional_tail_rate
 
     acc = schema.read_table(out, schema.ACCEPTANCE_FILE)
     blocks = (acc[acc["run_id"] == run_id].groupby(["run_id", "sample_id", "verify_id"], as_index=False)
               .agg(gamma=("gamma", "first"), accepted_len=("accepted_len", "first")))
     tail = conditional_tail_rate(blocks)
+    if pooled:
+        return TraceAcceptance(blocks, tail_alpha=tail, label=run_id)
     return {sid: TraceAcceptance(g, tail_alpha=tail, label=run_id) for sid, g in blocks.groupby("sample_id")}
+
+
+def adaptive_window_budget(out: Path, cfg: ValidationConfig, source) -> int:
+    """Window budget of ``adaptive_budget`` from this run's *alone* stage medians (what a scheduler
+    knows before a request): the drafts that fit in the expected window (target stages 1-4 minus
+    the drafter's stages 1-4, divided by a drafter step), kept only if the expected saving
+    sum_{i=2..B} P(R >= i) x target decode ms beats the verify pass's overhead over a decode step.
+    The simulator is scored at the budget each request recorded (``window_budget`` column).
+    """
+    import numpy as np
+
+    st = schema.read_table(out, schema.STAGE_TIMINGS_FILE)
+    alone = st[(st["status"] == "ok") & (st["placement"] == "alone")]
+    med = alone.groupby(["role", "stage"])["duration_ms"].median()
+    phase = {r: sum(float(med.get((r, s), 0.0)) for s in ("load", "preprocess", "vision_encode", "prefill"))
+             for r in ("target", "drafter")}
+    step, decode = float(med.get(("drafter", "decode_step"), np.inf)), float(med.get(("target", "decode_step"), 0.0))
+    fit = 1 + int(max(0.0, phase["target"] - phase["drafter"]) // step) if np.isfinite(step) else cfg.gamma
+    budget = max(0, min(cfg.gamma, fit))
+    ver = alone[(alone["role"] == "target") & (alone["stage"] == "verify")].groupby("gamma")["duration_ms"].median()
+    g = ver.index[ver.index >= budget - 1].min() if len(ver) and budget > 1 else None
+    overhead = float(ver[g]) - decode if g is not None and np.isfinite(g) else 0.0
+    surv = source.survival(cfg.gamma) if hasattr(source, "survival") else None
+    if surv is not None and budget > 1:
+        saving = float(np.sum(np.asarray(surv)[2: budget + 1]) * decode)
+        if saving <= overhead:
+            budget = 0
+    return int(budget)
 
 
 def _request_seed(seed: int, *keys) -> int:
@@ -123,8 +166,10 @@ def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = Fa
     samples = ds.load_dataset(data, last)[cfg.first_sample:]
     errors = _stage_timings(cfg, data, out, resume, log) if cfg.stage_samples > 0 else []
 
-    target = build_pipeline("target", cfg.target, dtype=cfg.dtype, device=cfg.target_device)
-    drafter = build_pipeline("drafter", cfg.drafter, dtype=cfg.dtype, device=cfg.drafter_device or cfg.target_device)
+    build = {r: dict(source=cfg.target if r == "target" else cfg.drafter, dtype=cfg.dtype, backend=cfg.backend,
+                     device=cfg.target_device if r == "target" else cfg.drafter_device or cfg.target_device)
+             for r in ("target", "drafter")}
+    target, drafter = (build_pipeline(r, **build[r]) for r in ("target", "drafter"))
     check_vocab(target, drafter)
     log(f"[{time.perf_counter() - t_start:6.1f}s] models built; recording acceptance")
     acc_runs = {s: f"acc-sigma{s:g}" for s in cfg.sigmas}
@@ -142,12 +187,39 @@ def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = Fa
     if not sources:
         raise RuntimeError(f"no acceptance trace could be recorded: {errors[-len(acc_runs):]}")
 
-    ex = Executor(target, drafter, gamma=cfg.gamma, lookahead_blocks=cfg.lookahead_blocks)
+    budgets = {s: adaptive_window_budget(out, cfg, _replay_sources(out, acc_runs[s], pooled=True))
+               for s in sources}
+    log(f"adaptive_budget window budgets per sigma: {budgets}")
+    if cfg.worker_kind == "processes":
+        del target, drafter  # the workers build their own copies
+        gc.collect()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        ex = ProcessExecutor(build, gamma=cfg.gamma, lookahead_blocks=cfg.lookahead_blocks)
+        infos = ex.info
+    else:
+        ex = Executor(target, drafter, gamma=cfg.gamma, lookahead_blocks=cfg.lookahead_blocks)
+        infos = {"target": target.info, "drafter": drafter.info}
+    try:
+        _run_grid(cfg, ex, infos, samples, sources, budgets, out, resume, errors, t_start, log)
+    finally:
+        if isinstance(ex, ProcessExecutor):
+            ex.close()
+    return out
+
+
+def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: dict, budgets: dict, out: Path,
+              resume: bool, errors: list[str], t_start: float, log: Callable) -> None:
+    """Warm-up, then every sample's cells (see :func:`_run_sample`); metadata before and after."""
+    from measure import provenance
+
+    devices = [cfg.target_device, cfg.drafter_device or cfg.target_device]
     meta = provenance.run_metadata(
-        model_info={"target": target.info, "drafter": drafter.info}, devices=[target.device, drafter.device],
+        model_info=infos, devices=devices,
         dtype=cfg.dtype, quant=None, kind="executor", placement=ex.placement, config=asdict(cfg),
-        timing={"all": "perf_counter after a synchronise of the actor's stream at both ends (StageTimer sync)"},
-        acceptance={"mode": "replay", "runs": acc_runs, "method": "per-sample run lengths from the trace; "
+        workers=ex.workers, decode_backend=cfg.backend, window_budgets={str(k): v for k, v in budgets.items()},
+        timing={"all": "host-visible spans on one host clock (perf_counter after a stream sync at both ends; "
+                "gpu_ms from CUDA events inside), times from the request's first activity (measure.timing)"},
+        acceptance={"mode": "replay", "runs": {str(k): f"acc-sigma{k:g}" for k in sources}, "method": "per-sample run lengths from the trace; "
                     "drafter proposes the target_only token for positions <= R since its last sync"},
         reuse="target_only runs once per (sample, N) and is the baseline of every sigma (sigma = NaN)")
     run_key = executor_run_id(cfg)
@@ -162,16 +234,15 @@ def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = Fa
         if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
             log(f"time budget of {cfg.max_minutes} min spent: stopping before sample {i + 1}")
             break
-        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, out, errors, log)
+        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, budgets, out, errors, log)
         ok = sum(bool(r["lossless"]) for r in rows)
         log(f"[{time.perf_counter() - t_start:6.1f}s] sample {i + 1}/{len(samples)}: {len(rows)} requests, "
             f"lossless {ok}/{len(rows)}")
-    schema.write_metadata(out, {run_key: {**meta, "errors": errors,
+    schema.write_metadata(out, {run_key: {**meta, "errors": errors, "models_after": infos,
                                              "wall_s": round(time.perf_counter() - t_start, 1)}})
-    return out
 
 
-def _run_sample(ex: Executor, cfg: ValidationConfig, sample, index: int, sources: dict, out: Path,
+def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, budgets: dict, out: Path,
                 errors: list[str], log: Callable) -> list[dict]:
     """Every cell of one sample; writes one results and one timeline part; returns the rows.
 
@@ -190,7 +261,8 @@ def _run_sample(ex: Executor, cfg: ValidationConfig, sample, index: int, sources
             try:
                 r = ex.run(sample, strategy, n, rid + j, reference=None if ref is None else ref.tokens,
                            replay=None if ref is None else sources[sigma][sample.sample_id],
-                           replay_seed=_request_seed(cfg.seed, rid + j), sigma=sigma)
+                           replay_seed=_request_seed(cfg.seed, rid + j), sigma=sigma,
+                           window_budget=budgets.get(sigma))
             except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
                 errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}")
@@ -224,7 +296,7 @@ def _warmup(ex: Executor, sample, cfg: ValidationConfig, sources: dict) -> None:
     src = next(iter(sources.values())).get(sample.sample_id)
     for strategy in cfg.strategies:
         if strategy != "target_only":
-            ex.run(sample, strategy, n, reference=ref.tokens, replay=src)
+            ex.run(sample, strategy, n, reference=ref.tokens, replay=src, window_budget=cfg.gamma)
 
 
 def consolidate(out_dir: str | Path) -> list[Path]:
@@ -307,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda:0", help="target device")
     p.add_argument("--drafter-device", default=None, help="drafter device (separate_gpu), default: the target's")
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    p.add_argument("--backend", default="eager", choices=("eager", "static", "graphs", "compiled"))
+    p.add_argument("--workers", default=None, choices=("threads", "processes"),
+                   help="default: processes for graphs/compiled, threads otherwise")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--stage-samples", type=int, default=ValidationConfig.stage_samples)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--resume", action="store_true")
@@ -317,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                            sigmas=tuple(float(x) for x in a.sigmas.split(",")), gamma=a.gamma,
                            acceptance_blocks=a.acceptance_blocks, target_device=a.device,
                            drafter_device=a.drafter_device, dtype=a.dtype, stage_samples=a.stage_samples,
-                           max_minutes=a.max_minutes)
+                           max_minutes=a.max_minutes, backend=a.backend, workers=a.workers,
+                           strategies=tuple(x for x in a.strategies.split(",") if x))
     out = run_validation(cfg, a.out, resume=a.resume)
     consolidate(out)
     with pd.option_context("display.width", 200, "display.max_rows", 200):

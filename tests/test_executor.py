@@ -185,3 +185,40 @@ def test_bad_arguments(target, drafter, samples):
         Executor(target, drafter).run(samples[0], "parallel_sd", N, replay=IidAcceptance(0.5))
     with pytest.raises(ValueError, match="strategy"):
         Executor(target).run(samples[0], "serial", N)
+
+
+def test_adaptive_budget_zero_is_target_only_and_a_budget_caps_the_window(slow, drafter, samples, references):
+    ex = Executor(slow, drafter, gamma=4)
+    sid = samples[0].sample_id
+    zero = ex.run(samples[0], "adaptive_budget", N, reference=references[sid], replay=IidAcceptance(1.0),
+                  window_budget=0)
+    check_consistent(zero, "target_only")  # the drafter never started
+    assert zero.row["drafted"] == 0 and zero.row["window_budget"] == 0 and zero.row["lossless"]
+    two = ex.run(samples[0], "adaptive_budget", N, reference=references[sid], replay=IidAcceptance(1.0),
+                 window_budget=2)
+    check_consistent(two, "prefill_then_verify")
+    assert two.row["window_drafts"] <= 2 and two.row["tokens_from_window"] == 2 and two.row["lossless"]
+
+
+def test_processes_executor_returns_the_threads_executors_tokens(samples):
+    """Two worker processes (models built from the same seed) commit exactly the tokens of the
+    threads executor, for every strategy, on one host clock."""
+    from measure.executor import ProcessExecutor
+
+    build = {r: dict(source="random:tiny", dtype="fp32", device="cpu", seed=3) for r in ("target", "drafter")}
+    pipes = {r: build_pipeline(r, **b) for r, b in build.items()}
+    threads = Executor(pipes["target"], pipes["drafter"], gamma=4)
+    ref = threads.run(samples[0], "target_only", N).tokens
+    got = {}
+    with ProcessExecutor(build, gamma=4) as procs:
+        assert procs.run(samples[0], "target_only", N).tokens == ref  # same seed, same weights
+        for strategy in SPEC + ("adaptive_budget",):
+            got[strategy] = procs.run(samples[0], strategy, N, reference=ref, replay=IidAcceptance(0.7),
+                                      replay_seed=5, window_budget=2)
+    for strategy, res in got.items():
+        want = threads.run(samples[0], strategy, N, reference=ref, replay=IidAcceptance(0.7), replay_seed=5,
+                           window_budget=2)
+        assert res.tokens == want.tokens == ref and res.row["lossless"], strategy
+        assert res.row["workers"] == "processes" and want.row["workers"] == "threads"
+        check_consistent(res, "prefill_then_verify" if strategy == "adaptive_budget" else strategy)
+        assert res.timeline["start_ms"].min() == 0.0  # one host clock, rebased on the first activity

@@ -216,3 +216,117 @@ def test_failed_row_is_one_line_and_in_schema():
                              "placement": "alone", "concurrency": "none"}, "load", ValueError("bad\nmore"))
     df = schema.validate(writer.rows_frame([row]), "stage_timings")
     assert df["error"].iloc[0] == "ValueError: bad" and math.isnan(df["start_ms"].iloc[0])
+
+
+def test_stage_run_and_executor_spans_contain_the_same_work(data_dir, tmp_path, monkeypatch):
+    """One span definition: a ``verify`` / ``decode_step`` span makes the same pipeline calls in a
+    stage run and in the executor (forward, then the rollback for verify)."""
+    import threading
+    import time
+
+    from egpt_sim.acceptance import IidAcceptance
+    from measure import timing
+    from measure.executor import Executor
+
+    local, calls = threading.local(), []  # spans open in this thread (the executor runs two)
+    real_span = timing.StageTimer.span
+
+    def span(self, stage, *a, **k):
+        cm = real_span(self, stage, *a, **k)
+
+        class Wrap:
+            def __enter__(self_):
+                local.__dict__.setdefault("open", []).append(stage)
+                return cm.__enter__()
+
+            def __exit__(self_, *exc):
+                local.open.pop()
+                return cm.__exit__(*exc)
+        return Wrap()
+
+    def current():
+        return local.open[-1] if getattr(local, "open", None) else None
+
+    monkeypatch.setattr(timing.StageTimer, "span", span)
+    for name in ("decode_step", "verify", "crop"):
+        real = getattr(Pipeline, name)
+        monkeypatch.setattr(Pipeline, name, (lambda real, name: lambda self, *a, **k: (
+            calls.append((current(), name)), real(self, *a, **k))[1])(real, name))
+
+    def patterns(source):
+        by_span = {}
+        for span_name, method in source:
+            by_span.setdefault(span_name, []).append(method)
+        return by_span
+
+    run_ok(plan(data_dir, tmp_path, n_samples=1, roles=("target",), stage={"warmup_samples": 0}))
+    stage_calls, calls[:] = list(calls), []
+    tgt = build_pipeline("target", "random:tiny", dtype="fp32", device="cpu")
+    dft = build_pipeline("drafter", "random:tiny", dtype="fp32", device="cpu")
+    sample = load_dataset(data_dir)[0]
+    ref = Executor(tgt).run(sample, "target_only", 8).tokens
+    real_prefill = tgt.prefill
+    tgt.prefill = lambda embeds: (time.sleep(0.2), real_prefill(embeds))[1]  # the drafter wins the race
+    calls[:] = []
+    Executor(tgt, dft, gamma=2).run(sample, "parallel_sd", 8, reference=ref, replay=IidAcceptance(1.0))
+    exec_calls = [(s, m) for s, m in calls if s in ("verify", "decode_step")]
+    st, ex = patterns(stage_calls), patterns(exec_calls)
+    assert "verify" in ex and "verify" in st
+    for name in ("verify", "decode_step"):
+        per_span = lambda seq: sorted(set(tuple(seq[i:i + 2]) if seq[i] == "verify" else (seq[i],)  # noqa: E731
+                                          for i in range(len(seq)) if seq[i] != "crop"))
+        assert per_span(st[name]) == per_span(ex[name]), name
+    assert st["verify"].count("crop") == st["verify"].count("verify")  # rollback inside every verify span
+    assert ex["verify"].count("crop") == ex["verify"].count("verify")
+
+
+def test_peer_overlap_fraction_and_activity():
+    def out(role, spans):
+        return RoleOutcome(role, 1, spans=[{"stage": st, "step": i, "start_ms": a, "duration_ms": b - a}
+                                           for i, (st, a, b) in enumerate(spans)])
+
+    res = writer.peer_overlap({
+        "target": out("target", [("load", 0, 5), ("prefill", 10, 20), ("decode_step", 30, 40)]),
+        "drafter": out("drafter", [("preprocess", 0, 5), ("prefill", 10, 13), ("decode_step", 13, 20),
+                                   ("decode_step", 30, 39)])})
+    assert res["target"][0] == (0.0, "none")  # the peer's CPU stages are not contention
+    assert res["target"][1] == (1.0, "decode_step")  # 3 ms prefill + 7 ms decode: decode dominates
+    assert res["target"][2][0] == pytest.approx(0.9) and res["target"][2][1] == "decode_step"
+    assert res["drafter"][1] == (1.0, "prefill")
+
+
+def test_drift_check_flags_a_slowing_host():
+    import pandas as pd
+
+    from measure import provenance
+
+    rows = []
+    for i in range(8):
+        for step in range(4):
+            rows.append({"sample_id": f"s{i}", "role": "target", "stage": "decode_step", "status": "ok",
+                         "duration_ms": 10.0 * (1.2 if i >= 6 else 1.0)})
+        rows.append({"sample_id": f"s{i}", "role": "target", "stage": "prefill", "status": "ok", "duration_ms": 50.0})
+    res = provenance.drift_check(pd.DataFrame(rows), [f"s{i}" for i in range(8)])
+    assert res["flagged"] and res["change_last_vs_first"]["target/decode_step"] == pytest.approx(0.2)
+    assert res["change_last_vs_first"]["target/prefill"] == 0.0
+    small = provenance.drift_check(pd.DataFrame(rows[:10]), ["s0", "s1"])
+    assert not small["flagged"] and "not checked" in small["note"]
+
+
+def test_provenance_records_commit_stamp_host_and_4bit_counts(monkeypatch):
+    from measure import presets, provenance
+
+    monkeypatch.setenv(provenance.COMMIT_ENV, "abc123 dirty")
+    assert provenance.git_info() == ("abc123", True)
+    host = provenance.host_info()
+    assert {"cpu_model", "cpu_cores_logical", "torch_threads", "mps", "gpu_clocks"} <= set(host)
+
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(10, dtype=torch.uint8), requires_grad=False)
+            self.b = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16), requires_grad=False)
+
+    counts = presets.parameter_counts(Packed(), "4bit")
+    assert counts["n_params"] == 23 and counts["param_storage"] == {"nf4 (packed uint8)": 20, "float16": 3}
+    assert presets.parameter_counts(Packed(), None)["n_params"] == 13
