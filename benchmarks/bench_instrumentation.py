@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default="random:tiny")
     ap.add_argument("--role", choices=("target", "drafter"), default="target")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--dtype", default=None, help="default: fp16 on CUDA (the traced configuration), fp32 on CPU")
+    ap.add_argument("--backend", default="eager", help="decode backend (measure.backends)")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--sdpa", default="no-cudnn", help="SDPA kernels (measure.models.configure_sdpa)")
     ap.add_argument("--decode-steps", type=int, default=16)
@@ -61,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default=None, help="dataset dir (default: 2 synthetic samples in a temp dir)")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     a = ap.parse_args(argv)
+    a.dtype = a.dtype or ("fp16" if a.device.startswith("cuda") else "fp32")
 
     with tempfile.TemporaryDirectory() as tmp:
         ds_dir = a.dataset or str(generate(tmp, SynthConfig(n_samples=2)).parent)
         sample = load_dataset(ds_dir, 1)[0]
         pipe = build_pipeline(a.role, a.source, dtype=a.dtype, device=a.device, frames=a.frames,
-                              sdpa_backends=a.sdpa)
+                              sdpa_backends=a.sdpa, backend=a.backend)
         for instrumented in (False, True, False, True):  # warm-up, both paths
             one_request(pipe, sample, a.decode_steps, instrumented)
         plain, timed, stage_sum = [], [], []
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             ("instrumentation overhead", f"{overhead_pct:+.2f} %", "PASS" if overhead_pct <= 1.0 else "FAIL (> 1 %)"),
             ("stage sum", f"{float(np.median(stage_sum)):.2f} ms", ""),
             ("end-to-end not in a stage", f"{gap_pct:.2f} %", "PASS" if abs(gap_pct) <= 2.0 else "FAIL (> 2 %)")]
-    print(f"{a.role} {a.source} on {a.device} ({a.dtype}, {pipe.frames} frames, {pipe.prompt_tokens} prompt "
+    print(f"{a.role} {a.source} on {a.device} ({a.dtype}, {a.backend}, {pipe.frames} frames, {pipe.prompt_tokens} prompt "
           f"tokens, {a.decode_steps} decode steps), median of {a.reps} interleaved pairs")
     for name, value, verdict in rows:
         print(f"  {name:28s} {value:>12s}  {verdict}")

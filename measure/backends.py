@@ -227,7 +227,8 @@ class GraphBackend(StaticBackend):
             set_cache_length(self.cache, pos)
             self.pool = self.pool or torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: another thread's syncs/launches (the peer model) do not break this capture
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 out = self._step_fn(ids)
             self.steps[(self.size, q)] = (graph, ids, out)
         self.info["captured"] = [f"{s}:{q}" for s, q in sorted(self.steps)]

@@ -26,6 +26,7 @@ def cmd_stages(a: argparse.Namespace) -> int:
     plan = RunPlan(target=a.target, drafter=a.drafter, dataset=a.dataset, out=a.out, n_samples=a.n_samples,
                    dtype=a.dtype, quant=a.quant, placements=a.placement, concurrency=a.concurrency,
                    frames=a.frames, roles=a.roles, target_device=a.device, drafter_device=a.drafter_device,
+                   separate_device=a.separate_device,
                    attn_implementation=a.attn, sdpa_backends=a.sdpa, video_decoder=a.video_decoder,
                    run_prefix=a.run_prefix, backend=a.backend, compile_backend=a.compile_backend,
                    max_new_tokens=a.max_new_tokens,
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="room a static cache keeps after the prompt (decode steps + verify + drafts)")
     s.add_argument("--warmup", type=int, default=1, help="untimed warm-up samples per run")
     s.add_argument("--device", default="cuda:0", help="target device (and drafter's unless separate)")
-    s.add_argument("--drafter-device", default=None, help="drafter device (separate_gpu: cuda:1)")
+    s.add_argument("--drafter-device", default=None, help="drafter device of every placement (default: the target's)")
+    s.add_argument("--separate-device", default="cuda:1", help="drafter device of separate_gpu runs")
     s.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, ...)")
     s.add_argument("--sdpa", default="no-cudnn", help="SDPA kernels: no-cudnn (default), default, flash, "
                    "efficient, math (see measure.models.configure_sdpa)")

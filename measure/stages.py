@@ -445,7 +445,8 @@ class RunPlan:
     frames: tuple[int, ...] = (8,)
     roles: tuple[str, ...] = ("target", "drafter")
     target_device: str = "cuda:0"
-    drafter_device: str | None = None  # separate_gpu: default cuda:1; else the target's device
+    drafter_device: str | None = None  # every placement's drafter device (default: the target's)
+    separate_device: str = "cuda:1"    # the drafter's device in separate_gpu runs (unless drafter_device)
     attn_implementation: str = "sdpa"
     sdpa_backends: str = "no-cudnn"
     video_decoder: str = "auto"
@@ -477,7 +478,7 @@ class RunPlan:
             return self.target_device
         if self.drafter_device:
             return self.drafter_device
-        return "cuda:1" if placement == "separate_gpu" else self.target_device
+        return self.separate_device if placement == "separate_gpu" else self.target_device
 
     def build_args(self, role: str, placement: str, frames: int, decoder: str) -> dict[str, Any]:
         """Keyword arguments of :func:`measure.models.build_pipeline` for ``role`` in ``placement``."""
