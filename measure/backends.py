@@ -217,21 +217,26 @@ class GraphBackend(StaticBackend):
         if self.device.type != "cuda":  # CPU: same buffers, no capture
             self.steps[(self.size, q)] = (None, ids, None)
         else:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside the graph (cuBLAS handles, allocator)
-                    set_cache_length(self.cache, pos)
-                    self._step_fn(ids)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            set_cache_length(self.cache, pos)
-            self.pool = self.pool or torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's syncs/launches (the peer model) do not break this capture
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                out = self._step_fn(ids)
-            self.steps[(self.size, q)] = (graph, ids, out)
+            with torch.cuda.device(self.device):  # capture on the model's device, whatever is current
+                self._capture_cuda(q, pos, ids)
         self.info["captured"] = [f"{s}:{q}" for s, q in sorted(self.steps)]
+
+    def _capture_cuda(self, q: int, pos: int, ids: torch.Tensor) -> None:
+        """Warm up on a side stream, then capture one step into a graph (shared memory pool)."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph (cuBLAS handles, allocator)
+                set_cache_length(self.cache, pos)
+                self._step_fn(ids)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        set_cache_length(self.cache, pos)
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread's syncs/launches (the peer model) do not break this capture
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = self._step_fn(ids)
+        self.steps[(self.size, q)] = (graph, ids, out)
 
     def _late_capture(self, cache: Any, q: int) -> None:
         """A shape not captured by :meth:`prepare`: capture now, count it (metadata)."""
@@ -250,7 +255,8 @@ class GraphBackend(StaticBackend):
         buf.copy_(ids)
         if graph is None:
             return cache, self._step_fn(buf)
-        graph.replay()
+        with torch.cuda.device(self.device):  # replay on the model's device (the current one may differ)
+            graph.replay()
         return cache, out.clone()  # the graph's output buffer is overwritten by the next replay
 
 
