@@ -233,8 +233,10 @@ class GraphBackend(StaticBackend):
         set_cache_length(self.cache, pos)
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's syncs/launches (the peer model) do not break this capture
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        # an explicit capture stream on this device: torch.cuda.graph's default capture stream is a
+        # class attribute made on the device current at its first use (cuda:1 models captured empty
+        # graphs on cuda:0); thread_local: the peer thread's syncs/launches don't break this capture
+        with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
             out = self._step_fn(ids)
         self.steps[(self.size, q)] = (graph, ids, out)
 
