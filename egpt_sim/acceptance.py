@@ -202,10 +202,36 @@ class TraceAcceptance:
         return per_sample.mean(axis=0)
 
 
+class NoAcceptance:
+    """For strategies that never verify drafts (``target_only``, ``drafter_only``): no
+    acceptance data is needed; every run length is 0."""
+
+    name = "none"
+
+    def runs(self, u, first=None, sample_u=None):
+        return np.zeros(np.shape(u), dtype=np.int64)
+
+    def survival(self, gamma: int) -> np.ndarray:
+        return np.concatenate([[1.0], np.zeros(gamma)])
+
+
+NEEDS_NO_ACCEPTANCE = ("target_only", "drafter_only")
+
+
+def source_for(cfg, traces=None) -> AcceptanceSource:
+    """The acceptance source of a :class:`~egpt_sim.config.SimConfig`: none for strategies
+    that never verify drafts (so they run without acceptance data), else :func:`make_source`."""
+    if cfg.strategy in NEEDS_NO_ACCEPTANCE:
+        return NoAcceptance()
+    return make_source(cfg.acceptance, traces)
+
+
 def make_source(spec, traces=None) -> AcceptanceSource:
     """Build a source from a config value: 'trace', a float alpha, or a sequence curve."""
-    if isinstance(spec, (IidAcceptance, CurveAcceptance, TraceAcceptance)):
+    if isinstance(spec, (IidAcceptance, CurveAcceptance, TraceAcceptance, NoAcceptance)):
         return spec
+    if spec is None:
+        raise ValueError("acceptance is None: only target_only / drafter_only run without acceptance data")
     if isinstance(spec, str):
         if spec == "trace":
             if traces is None:
