@@ -5,19 +5,27 @@
 timeline) for every strategy, GPU count and acceptance source, consuming the *same*
 draws of the :class:`~egpt_sim.draws.DrawBank` in the same order:
 
-* the j-th target pass after prefill uses ``target_decode[:, j]`` (k = 0) or
-  ``verify_noise[:, j]`` (k > 0); the i-th drafter step uses ``drafter_decode[:, i]``
-  (a discarded in-flight step still consumes its index); the n-th drafter
-  synchronisation uses ``acceptance_u[:, n]`` through ``source.runs(u, n == 0, sample_u)``.
+* the j-th target pass after prefill uses ``target_decode[:, j]`` (k = 0) or the
+  request's per-sample verify cost ``bank.verify_table(k)[:, k]`` (k > 0); the i-th
+  drafter step uses ``drafter_decode[:, i]`` (a discarded in-flight step still consumes
+  its index); the n-th drafter synchronisation uses ``acceptance_u[:, n]`` through
+  ``source.runs(u, n == 0, sample_u)``.
 * Same token bookkeeping as :mod:`egpt_sim.processes` (commit / keep-or-resync rules,
   window budget, ``lookahead_blocks * gamma`` cap after the target prefill, never a draft
   past position N, verify k <= N - committed - 1, d1 == t1 counted as accepted).
-* Same GPU model as :mod:`egpt_sim.gpu`: on one GPU an activity progresses at
-  ``1 / factor(role, stage)`` while an activity of the other role runs on it, else at
-  rate 1; load/preprocess are CPU stages; a draft step uses the drafter's decode_step
-  factor; the drafter's in-flight step keeps running (and contending) after the drafter
-  is stopped. On separate GPUs (n_gpus >= 2) a GPU only ever holds one role, so every
-  activity runs at rate 1 (exactly what ``Gpu`` does with two GPU objects).
+* Same rate model as :mod:`egpt_sim.gpu`: while both roles run a GPU stage, each
+  progresses at ``1 / contention_factor(role, stage, peer's stage)`` (tables
+  ``rt_pair`` / ``rd_pair`` indexed by the two stage codes, filled from the same
+  :class:`~egpt_sim.contention.ContentionModel`), else at rate 1; load/preprocess are CPU
+  stages; a draft step is a drafter decode_step, as itself and as a peer; the drafter's
+  in-flight step keeps running (and contending) after the drafter is stopped. One GPU
+  uses the same-GPU model; two GPUs the host model (threads), which is contended exactly
+  like one GPU when not all ones, and rate 1 everywhere otherwise.
+* Same CPU lane (:mod:`egpt_sim.processes`): in the window strategies the target's first
+  CPU stage carries the wait for the drafter's CPU stages.
+* ``adaptive_budget`` with a window budget of 0 (decided per scenario from expected
+  quantities, :func:`egpt_sim.strategies.window_budget_plan`) is routed to the
+  target_only engine; otherwise its budget is a per-scenario constant cap.
 
 How (per strategy):
 
@@ -63,10 +71,11 @@ would show up in the benchmark output.
 scenarios over a process pool (the trace-set path goes to the workers; each builds one
 :class:`DrawBank` per draw key and reuses it) and returns one summary row per scenario.
 
-Written against ``egpt_sim.processes`` / ``strategies`` / ``gpu`` / ``runner`` as of
-commit f136b1a (d1 == t1 counted in ``accepted_tokens`` and ``window_accepted``, the
-latter capped at ``window_drafts``; adaptive window budget capped at N - 1);
-``tests/test_fastpath.py`` fails if the reference model changes semantics.
+Written against ``egpt_sim.processes`` / ``strategies`` / ``gpu`` / ``runner`` as of the
+per-sample replay / peer-activity contention change (d1 == t1 counted in
+``accepted_tokens`` and ``window_accepted``, the latter capped at ``window_drafts``; the
+CPU lane; adaptive budget fixed at request start); ``tests/test_fastpath.py`` fails if the
+reference model changes semantics (example, peer-dependent synthetic and h100/fp16 sets).
 """
 
 from __future__ import annotations
