@@ -239,12 +239,11 @@ def infer_peer_activity(rows: pd.DataFrame) -> pd.DataFrame:
 def _reference_lookup(rows: pd.DataFrame, placement: str, concurrency: str) -> dict:
     """Reference durations by key: same run & sample with the peer idle, alone by sample,
     alone pooled (verify keyed by gamma, other stages by gamma 0)."""
-    ok = rows
-    conc = ok[(ok["placement"] == placement) & ok["peer_activity"].isin(IDLE)
-              & ~(ok["overlap_frac"] > _NO_OVERLAP)]
+    conc = rows[(rows["placement"] == placement) & rows["peer_activity"].isin(IDLE)
+                & ~(rows["overlap_frac"] > _NO_OVERLAP)]
     if concurrency != "any":
         conc = conc[conc["concurrency"] == concurrency]
-    alone = ok[ok["placement"] == "alone"]
+    alone = rows[rows["placement"] == "alone"]
     dur = "duration_ms"
     return {
         "same run": conc.groupby(["run_id", "sample_id", "role", "stage", "gamma"])[dur].median().to_dict(),
