@@ -16,7 +16,7 @@ _EXPORTS = {
     "STRATEGY_NAMES": "config", "SimConfig": "config", "factorial": "config",
     "SimResult": "runner", "simulate": "runner", "summarize": "runner",
     "SCHEMA_VERSION": "schema", "TraceError": "schema",
-    "ContentionModel": "traces", "TraceSet": "traces", "bundled_trace_sets": "traces",
+    "ContentionModel": "contention", "TraceSet": "traces", "bundled_trace_sets": "traces",
     "resolve_trace_set": "traces",
     "simulate_fast": "fastpath", "run_sweep": "sweep", "required_acceptance": "planning",
     "ServingConfig": "serving", "run_serving": "serving",

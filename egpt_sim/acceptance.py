@@ -17,8 +17,9 @@ Sources (all return run lengths, capped at :data:`RUN_CAP`):
   P(match at i | matched 1..i-1) = alphas[i-1]; the last value repeats.
 * ``TraceAcceptance(blocks)`` — replays recorded verifications: a request picks a
   recorded sample and draws run lengths from that sample's verifications. A fully
-  accepted block (accepted_len == gamma) is censored; its run continues with the
-  pooled conditional rate of the last recorded positions.
+  accepted block (accepted_len == gamma) is censored; its run continues geometrically
+  with the conditional rate of the last recorded positions, shrunk toward the measured
+  per-position curve by a Beta prior (:func:`conditional_tail_rate`; never exactly 1).
 
 Metrics (names used in every table and figure):
 
@@ -202,10 +203,36 @@ class TraceAcceptance:
         return per_sample.mean(axis=0)
 
 
+class NoAcceptance:
+    """For strategies that never verify drafts (``target_only``, ``drafter_only``): no
+    acceptance data is needed; every run length is 0."""
+
+    name = "none"
+
+    def runs(self, u, first=None, sample_u=None):
+        return np.zeros(np.shape(u), dtype=np.int64)
+
+    def survival(self, gamma: int) -> np.ndarray:
+        return np.concatenate([[1.0], np.zeros(gamma)])
+
+
+NEEDS_NO_ACCEPTANCE = ("target_only", "drafter_only")
+
+
+def source_for(cfg, traces=None) -> AcceptanceSource:
+    """The acceptance source of a :class:`~egpt_sim.config.SimConfig`: none for strategies
+    that never verify drafts (so they run without acceptance data), else :func:`make_source`."""
+    if cfg.strategy in NEEDS_NO_ACCEPTANCE:
+        return NoAcceptance()
+    return make_source(cfg.acceptance, traces)
+
+
 def make_source(spec, traces=None) -> AcceptanceSource:
     """Build a source from a config value: 'trace', a float alpha, or a sequence curve."""
-    if isinstance(spec, (IidAcceptance, CurveAcceptance, TraceAcceptance)):
+    if isinstance(spec, (IidAcceptance, CurveAcceptance, TraceAcceptance, NoAcceptance)):
         return spec
+    if spec is None:
+        raise ValueError("acceptance is None: only target_only / drafter_only run without acceptance data")
     if isinstance(spec, str):
         if spec == "trace":
             if traces is None:
@@ -237,23 +264,42 @@ def expected_tokens_per_verify(alpha: float, gamma: int) -> float:
     return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
-def conditional_tail_rate(blocks: pd.DataFrame, last_positions: int = 2) -> float:
-    """Pooled conditional match rate over the last ``last_positions`` positions of blocks.
+TAIL_PRIOR_STRENGTH = 4.0  # pseudo-verifications of the Beta prior on the tail rate
 
-    Estimated from accepted lengths: at position i (0-based) the blocks "at risk" are
-    those with accepted_len >= i, of which those with accepted_len > i matched.
-    """
-    g = int(blocks["gamma"].max())
+
+def _conditional_counts(blocks: pd.DataFrame, positions: range) -> tuple[int, int]:
+    """(matched, at risk) over 0-based ``positions``: at position i the blocks at risk
+    are those with gamma > i and accepted_len >= i; those with accepted_len > i matched."""
     L = blocks["accepted_len"].to_numpy()
     gam = blocks["gamma"].to_numpy()
     at_risk = matched = 0
-    for i in range(max(0, g - last_positions), g):
+    for i in positions:
         risk = (L >= i) & (gam > i)
         at_risk += int(risk.sum())
         matched += int((risk & (L > i)).sum())
-    if at_risk == 0:
-        return float(np.mean(blocks["accepted_len"] / blocks["gamma"].clip(lower=1)))
-    return matched / at_risk
+    return matched, at_risk
+
+
+def conditional_tail_rate(blocks: pd.DataFrame, last_positions: int = 2,
+                          prior_strength: float = TAIL_PRIOR_STRENGTH) -> float:
+    """Conditional match rate beyond the recorded block (the censored tail), shrunk.
+
+    Posterior mean of the conditional match rate over the last ``last_positions``
+    positions under a Beta(a0, b0) prior centred on the measured per-position curve:
+    ``a0 = n0 m + 1/2``, ``b0 = n0 (1 - m) + 1/2`` with ``m`` the pooled conditional rate
+    over *all* recorded positions, ``n0 = prior_strength`` pseudo-observations and
+    Jeffreys' 1/2 on each side, i.e.::
+
+        tail = (matched_tail + n0 m + 1/2) / (at_risk_tail + n0 + 1)
+
+    so finite data never give exactly 1 (or 0): with 16 of 16 tail positions matched and
+    m = 0.77 (``acc-sigma0.03``) the tail rate is 0.93, not 1.0.
+    """
+    g = int(blocks["gamma"].max())
+    m_all, n_all = _conditional_counts(blocks, range(g))
+    m = m_all / n_all if n_all else 0.5
+    matched, at_risk = _conditional_counts(blocks, range(max(0, g - last_positions), g))
+    return (matched + prior_strength * m + 0.5) / (at_risk + prior_strength + 1.0)
 
 
 def acceptance_summary(acceptance: pd.DataFrame) -> dict[str, float]:

@@ -42,6 +42,7 @@ __all__ = [
     "phase_total_ms",
     "verify_ms_interp",
     "target_only_latency_ms",
+    "lane_target_phase_ms",
     "window_drafts",
     "prefill_then_verify_verified_drafts",
     "prefill_then_verify_expectations",
@@ -121,11 +122,29 @@ def target_only_latency_ms(target_phase_ms: float | Sequence[float], decode_ms: 
 # --------------------------------------------------------------------------- prefill_then_verify
 
 
+def lane_target_phase_ms(target_phase_ms: float | Sequence[float], drafter_phase_ms: float | Sequence[float],
+                         include_cpu_stages: bool = True) -> float:
+    """``T_t' = C_d + T_t``: end of the target's stages 1-4 when both prefills run at once.
+
+    CPU lane (:mod:`egpt_sim.processes`): the two roles' CPU stages run one after the
+    other, drafter first, so the target's stage 1 starts when the drafter's stage 2 ends,
+    at ``C_d`` = drafter load + preprocess. ``drafter_phase_ms`` given as a total carries
+    no CPU split: ``C_d = 0`` then.
+    """
+    T_t = phase_total_ms(target_phase_ms, include_cpu_stages)
+    if isinstance(drafter_phase_ms, (int, float, np.integer, np.floating)) or not include_cpu_stages:
+        return T_t
+    d = [float(x) for x in drafter_phase_ms]
+    return (d[0] + d[1]) + T_t
+
+
+
 def window_drafts(target_phase_ms: float, drafter_phase_ms: float, step_ms: float, gamma: int,
                   n_tokens: int) -> int:
     """``W``: drafts the drafter holds when the target's prefill ends (ms inputs).
 
-    Both prefills start at 0. The drafter's prefill ends at ``T_d`` with draft ``d1``;
+    The drafter's prefill ends at ``T_d`` with draft ``d1``, the target's at ``T_t`` (for a
+    parallel prefill pass ``T_t'`` of :func:`lane_target_phase_ms`);
     afterwards it drafts one token per ``S`` ms (the j-th step ends at ``T_d + j S``)
     until it holds ``gamma`` drafts (the window budget) or has drafted position ``N``.
     A step still running at ``T_t`` is not in the window::
@@ -134,10 +153,10 @@ def window_drafts(target_phase_ms: float, drafter_phase_ms: float, step_ms: floa
         W = min(gamma, N, max(1, ceil((T_t - T_d) / S)))  otherwise
 
     which is ``min(gamma, N, 1 + floor((T_t - T_d) / S))`` whenever ``(T_t - T_d) / S``
-    is not an integer. Ties, as the SimPy model resolves them (the target's prefill
-    event was scheduled first): a step ending exactly at ``T_t`` is late; a drafter
-    prefill ending exactly at ``T_t`` is in the window (``W = 1``, which gives no
-    verify pass either way, since ``k = W - 1 = 0``).
+    is not an integer. Ties: a step ending exactly at ``T_t`` is counted late (the fast
+    path's rule; SimPy orders same-instant events by scheduling, so keep test times off
+    ties); a drafter prefill ending exactly at ``T_t`` is in the window (``W = 1``, which
+    gives no verify pass either way, since ``k = W - 1 = 0``).
     """
     T_t, T_d, S = float(target_phase_ms), float(drafter_phase_ms), float(step_ms)
     if T_d > T_t:
@@ -172,14 +191,15 @@ def prefill_then_verify_expectations(
 ) -> dict[str, float]:
     """Expected token counts of ``prefill_then_verify`` (fixed times, no contention).
 
-    ``window_drafts`` = W and ``verified_drafts`` = k (deterministic);
+    ``window_drafts`` = W and ``verified_drafts`` = k (deterministic; the target's
+    prefill ends at ``T_t'`` of :func:`lane_target_phase_ms`);
     ``verify_passes`` = P(R0 >= 1) if k > 0 else 0; ``verify_accepted_tokens`` =
     E[L; R0 >= 1] = sum_{j=1..k} P(R0 >= j + 1); ``accepted_tokens`` (=
     ``window_accepted``) adds ``d1`` when it is in the window and equals ``t1``
     (probability P(R0 >= 1)): the simulator counts it as accepted, so the window's
     accepted prefix has the meaning of ``accepted_len`` in acceptance traces.
     """
-    T_t = phase_total_ms(target_phase_ms, include_cpu_stages)
+    T_t = lane_target_phase_ms(target_phase_ms, drafter_phase_ms, include_cpu_stages)
     T_d = phase_total_ms(drafter_phase_ms, include_cpu_stages)
     W = window_drafts(T_t, T_d, float(drafter_decode_ms), gamma, n_tokens)
     k = prefill_then_verify_verified_drafts(T_t, T_d, float(drafter_decode_ms), gamma, n_tokens)
@@ -210,8 +230,11 @@ def prefill_then_verify_latency_ms(
 ) -> float:
     """E[latency] of ``prefill_then_verify`` with fixed times and no contention, ms.
 
-    Derivation. Let ``R0`` be the window's run (``d1`` matches iff ``R0 >= 1``), ``W``
-    from :func:`window_drafts` and ``k`` from :func:`prefill_then_verify_verified_drafts`.
+    Derivation. The target's prefill ends at ``T_t' = C_d + T_t``
+    (:func:`lane_target_phase_ms`: its CPU stages wait for the drafter's, ``C_d``). Let
+    ``R0`` be the window's run (``d1`` matches iff ``R0 >= 1``), ``W`` from
+    :func:`window_drafts` and ``k`` from :func:`prefill_then_verify_verified_drafts`
+    (both with ``T_t'``). Below, ``T_t`` stands for ``T_t'``.
 
     * ``R0 = 0`` (``d1 != t1``) or ``k = 0``: the drafter re-synchronises / has nothing
       to offer; no verify pass runs and the target decodes the other N - 1 tokens::
@@ -231,9 +254,10 @@ def prefill_then_verify_latency_ms(
     For i.i.d. acceptance ``P(R0 >= i) = alpha**i``, so the verify pass runs with
     probability ``alpha`` and ``E[L] = sum_{j=1..k} alpha**(j + 1)``. ``survival``
     (``P(R0 >= i)``, i = 0..k + 1, e.g. ``CurveAcceptance.survival``) replaces ``alpha``.
-    TTFT is ``T_t``. Valid for two GPUs, or one GPU with ``contention='none'``.
+    TTFT is ``T_t'``: ``C_d`` later than ``target_only``'s, the price of the CPU lane.
+    Valid for two GPUs without host contention, or one GPU with ``contention='none'``.
     """
-    T_t = phase_total_ms(target_phase_ms, include_cpu_stages)
+    T_t = lane_target_phase_ms(target_phase_ms, drafter_phase_ms, include_cpu_stages)
     T_d = phase_total_ms(drafter_phase_ms, include_cpu_stages)
     D = float(target_decode_ms)
     base = target_only_latency_ms(T_t, D, n_tokens)
@@ -368,6 +392,8 @@ def constant_trace_set(
     shared_factors: Mapping[tuple[str, str], float] | None = None,
     acceptance_alpha: float | None = None,
     *,
+    peer_factors: Mapping[tuple[str, str, str], float] | None = None,
+    host_factors: Mapping[tuple[str, str, str], float] | None = None,
     n_samples: int = 3,
     decode_steps: int = 4,
     acceptance_gamma: int = 8,
@@ -384,7 +410,11 @@ def constant_trace_set(
     step). ``shared_factors`` maps ``(role, stage)`` (GPU stages only) to a same-GPU
     slow-down factor: ``shared_gpu`` rows with ``peer_busy`` are written with
     ``factor x`` the alone time, so :meth:`TraceSet.contention` fits exactly these
-    factors (others fall back as documented there). ``acceptance_alpha`` adds an
+    factors, for any peer activity (the rows record none: schema 1.0 style).
+    ``peer_factors`` / ``host_factors`` map ``(role, stage, peer_activity)`` to a factor
+    written as schema-1.1 rows (``peer_activity`` set, ``overlap_frac`` 1) with
+    placement ``shared_gpu`` / ``separate_gpu`` (concurrency ``streams``): the fitted
+    contention models reproduce exactly these keys. ``acceptance_alpha`` adds an
     acceptance table of ``n_samples x acceptance_blocks_per_sample`` blocks of
     ``acceptance_gamma`` drafts with i.i.d. Bernoulli(alpha) matches (seeded by ``seed``;
     the table is random, the times are not). Every schema column is filled.
@@ -417,6 +447,10 @@ def constant_trace_set(
         duration=lambda role, stg, is_shared, ms: ms * (shared[(role, stg)] if is_shared else 1.0),
     )
     st = pd.DataFrame(rows)
+    st["peer_activity"] = np.where(st["peer_busy"], "busy", "none")
+    st["overlap_frac"] = np.nan
+    extra = [_peer_rows(st, peer_factors or {}, "shared_gpu"), _peer_rows(st, host_factors or {}, "separate_gpu")]
+    st = pd.concat([st] + [e for e in extra if len(e)], ignore_index=True)
     acc = None
     if acceptance_alpha is not None:
         acc = _bernoulli_acceptance(float(acceptance_alpha), run_id, label, n_samples, acceptance_gamma,
@@ -431,6 +465,20 @@ def constant_trace_set(
         }},
     }
     return TraceSet.from_frames(st, acc, meta, path=f"<constant:{label}>")
+
+
+def _peer_rows(st: pd.DataFrame, factors: Mapping[tuple[str, str, str], float], placement: str) -> pd.DataFrame:
+    """Copies of the alone rows of each (role, stage) in ``factors``, as contended rows
+    beside ``peer`` (schema 1.1 columns), ``factor x`` the alone time."""
+    out = []
+    for (role, stg, peer), f in factors.items():
+        if role not in schema.ROLES or stg not in _GPU_STAGES or peer not in _GPU_STAGES or not f > 0:
+            raise ValueError(f"{placement} factors: bad key or factor ({role!r}, {stg!r}, {peer!r}) -> {f!r}")
+        a = st[(st["role"] == role) & (st["stage"] == stg) & (st["placement"] == "alone")].copy()
+        a["duration_ms"] *= float(f)
+        out.append(a.assign(placement=placement, concurrency="streams", peer_busy=True, peer_activity=peer,
+                            overlap_frac=1.0))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def _bernoulli_acceptance(alpha: float, run_id: str, label: str, n_samples: int, gamma: int,

@@ -7,6 +7,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from .contention import parse_missing
+
 STRATEGY_NAMES = (
     "target_only",
     "drafter_only",
@@ -27,19 +29,27 @@ class SimConfig:
     output_tokens : tokens the request must emit (the target's answer length).
     gamma : max drafts per verification pass; also the draft budget of the
         parallel-prefill window.
-    n_gpus : 1 = drafter and target share one GPU (contention model applies);
-        >= 2 = drafter on its own GPU.
+    n_gpus : 1 = drafter and target share one GPU (same-GPU contention applies);
+        >= 2 = drafter on its own GPU (host contention applies when the two models
+        run as threads, see :mod:`egpt_sim.contention`).
     acceptance : ``"trace"`` (replay recorded verifications), a per-token rate
-        alpha in [0, 1] (i.i.d. prefix model), or a tuple of conditional
-        per-position rates.
+        alpha in [0, 1] (i.i.d. prefix model), a tuple of conditional per-position
+        rates, or None (only for target_only / drafter_only, which never verify;
+        those two run without acceptance data whatever this says).
     n_requests : simulated requests (each with its own resampled times).
     seed : root seed; request i uses ``SeedSequence(seed).spawn`` streams.
-    contention : ``"fitted"`` (from shared_gpu vs alone rows) or ``"none"``.
+    contention : ``"fitted"`` (from concurrent vs alone rows) or ``"none"``.
     contention_scale : what-if multiplier on the excess slow-down (factor - 1).
-    contention_concurrency : fit contention from shared-GPU rows measured with
-        ``streams`` (two threads, one process), ``processes``, ``any`` (pooled) or
-        ``auto`` (processes when measured, else streams).
-    drafter_speed : what-if speed-up of every drafter stage (times are divided).
+    contention_concurrency : how the simulated system runs the two models, and so
+        which rows the factors come from: ``streams`` (two threads of one process),
+        ``processes``, ``any`` (pooled) or ``auto`` (processes when measured, else
+        streams).
+    contention_missing : a factor that was not measured: ``"pooled"`` (default:
+        borrow the nearest measured factor, labelled assumed), ``"error"``, or
+        ``"assume:<x>"`` (e.g. ``"assume:1.0"``). Every result's ``contention``
+        says which factors were measured and which assumed.
+    drafter_speed : what-if speed-up of the drafter's GPU stages (vision, prefill,
+        decode; times are divided). Its CPU stages keep their measured times.
     include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
     lookahead_blocks : parallel_sd drafts up to this many gamma-blocks ahead.
     """
@@ -54,6 +64,7 @@ class SimConfig:
     contention: str = "fitted"
     contention_scale: float = 1.0
     contention_concurrency: str = "auto"
+    contention_missing: str = "pooled"
     drafter_speed: float = 1.0
     include_cpu_stages: bool = True
     lookahead_blocks: int = 2
@@ -77,6 +88,10 @@ class SimConfig:
             bad("contention", "must be 'fitted' or 'none'")
         if self.contention_concurrency not in ("auto", "any", "streams", "processes"):
             bad("contention_concurrency", "must be 'auto', 'any', 'streams' or 'processes'")
+        try:
+            parse_missing(self.contention_missing)
+        except ValueError:
+            bad("contention_missing", "must be 'pooled', 'error' or 'assume:<x>' with x > 0")
         if self.contention_scale < 0:
             bad("contention_scale", "must be >= 0")
         if self.drafter_speed <= 0:
@@ -86,6 +101,8 @@ class SimConfig:
         if isinstance(self.acceptance, list):
             object.__setattr__(self, "acceptance", tuple(self.acceptance))
         a = self.acceptance
+        if a is None and self.strategy not in ("target_only", "drafter_only"):
+            bad("acceptance", f"strategy {self.strategy!r} verifies drafts and needs 'trace', a rate or a curve")
         if isinstance(a, str) and a != "trace":
             try:
                 a = float(a)
@@ -100,6 +117,8 @@ class SimConfig:
     @property
     def acceptance_label(self) -> str:
         a = self.acceptance
+        if a is None:
+            return "none"
         if isinstance(a, str):
             return a
         if isinstance(a, tuple):

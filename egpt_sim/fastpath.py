@@ -5,19 +5,27 @@
 timeline) for every strategy, GPU count and acceptance source, consuming the *same*
 draws of the :class:`~egpt_sim.draws.DrawBank` in the same order:
 
-* the j-th target pass after prefill uses ``target_decode[:, j]`` (k = 0) or
-  ``verify_noise[:, j]`` (k > 0); the i-th drafter step uses ``drafter_decode[:, i]``
-  (a discarded in-flight step still consumes its index); the n-th drafter
-  synchronisation uses ``acceptance_u[:, n]`` through ``source.runs(u, n == 0, sample_u)``.
+* the j-th target pass after prefill uses ``target_decode[:, j]`` (k = 0) or the
+  request's per-sample verify cost ``bank.verify_table(k)[:, k]`` (k > 0); the i-th
+  drafter step uses ``drafter_decode[:, i]`` (a discarded in-flight step still consumes
+  its index); the n-th drafter synchronisation uses ``acceptance_u[:, n]`` through
+  ``source.runs(u, n == 0, sample_u)``.
 * Same token bookkeeping as :mod:`egpt_sim.processes` (commit / keep-or-resync rules,
   window budget, ``lookahead_blocks * gamma`` cap after the target prefill, never a draft
   past position N, verify k <= N - committed - 1, d1 == t1 counted as accepted).
-* Same GPU model as :mod:`egpt_sim.gpu`: on one GPU an activity progresses at
-  ``1 / factor(role, stage)`` while an activity of the other role runs on it, else at
-  rate 1; load/preprocess are CPU stages; a draft step uses the drafter's decode_step
-  factor; the drafter's in-flight step keeps running (and contending) after the drafter
-  is stopped. On separate GPUs (n_gpus >= 2) a GPU only ever holds one role, so every
-  activity runs at rate 1 (exactly what ``Gpu`` does with two GPU objects).
+* Same rate model as :mod:`egpt_sim.gpu`: while both roles run a GPU stage, each
+  progresses at ``1 / contention_factor(role, stage, peer's stage)`` (tables
+  ``rt_pair`` / ``rd_pair`` indexed by the two stage codes, filled from the same
+  :class:`~egpt_sim.contention.ContentionModel`), else at rate 1; load/preprocess are CPU
+  stages; a draft step is a drafter decode_step, as itself and as a peer; the drafter's
+  in-flight step keeps running (and contending) after the drafter is stopped. One GPU
+  uses the same-GPU model; two GPUs the host model (threads), which is contended exactly
+  like one GPU when not all ones, and rate 1 everywhere otherwise.
+* Same CPU lane (:mod:`egpt_sim.processes`): in the window strategies the target's first
+  CPU stage carries the wait for the drafter's CPU stages.
+* ``adaptive_budget`` with a window budget of 0 (decided per scenario from expected
+  quantities, :func:`egpt_sim.strategies.window_budget_plan`) is routed to the
+  target_only engine; otherwise its budget is a per-scenario constant cap.
 
 How (per strategy):
 
@@ -63,10 +71,11 @@ would show up in the benchmark output.
 scenarios over a process pool (the trace-set path goes to the workers; each builds one
 :class:`DrawBank` per draw key and reuses it) and returns one summary row per scenario.
 
-Written against ``egpt_sim.processes`` / ``strategies`` / ``gpu`` / ``runner`` as of
-commit f136b1a (d1 == t1 counted in ``accepted_tokens`` and ``window_accepted``, the
-latter capped at ``window_drafts``; adaptive window budget capped at N - 1);
-``tests/test_fastpath.py`` fails if the reference model changes semantics.
+Written against ``egpt_sim.processes`` / ``strategies`` / ``gpu`` / ``runner`` as of the
+per-sample replay / peer-activity contention change (d1 == t1 counted in
+``accepted_tokens`` and ``window_accepted``, the latter capped at ``window_drafts``; the
+CPU lane; adaptive budget fixed at request start); ``tests/test_fastpath.py`` fails if the
+reference model changes semantics (example, peer-dependent synthetic and h100/fp16 sets).
 """
 
 from __future__ import annotations
@@ -80,7 +89,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .acceptance import make_source
+from .acceptance import NEEDS_NO_ACCEPTANCE, source_for
 from .config import SimConfig
 from .draws import DrawBank
 from .runner import (
@@ -92,6 +101,7 @@ from .runner import (
     planning_inputs,
     simulate,
 )
+from .schema import CPU_STAGES
 from .traces import PREFILL_PHASE_STAGES, TraceSet
 
 __all__ = ["simulate_fast", "simulate_arrays", "simulate_many", "run_grid", "summarize_arrays", "engine_for", "FAST_STRATEGIES"]
@@ -201,10 +211,10 @@ def _acc_key(spec):
 
 def _source(cfg: SimConfig, traces: TraceSet):
     tc = _trace_cache(traces)
-    key = ("source", _acc_key(cfg.acceptance))
+    key = ("source", _acc_key(cfg.acceptance), cfg.strategy in NEEDS_NO_ACCEPTANCE)
     src = tc.get(key)
     if src is None:
-        src = tc[key] = make_source(cfg.acceptance, traces)
+        src = tc[key] = source_for(cfg, traces)
     return src
 
 
@@ -227,7 +237,8 @@ class _Batch:
         c0 = cfgs[0]
         self.cfgs = cfgs
         self.strategy = c0.strategy
-        self.shared = int(c0.n_gpus) == 1
+        self.contention = [contention_for(c, traces) for c in cfgs]
+        self.shared = _contended(c0, self.contention[0])  # the two roles can slow each other
         self.bc = _bank_cache(bank)
         self.bank = bank
         self.n = n = bank.n_requests
@@ -246,21 +257,14 @@ class _Batch:
         la_s = np.array([int(c.lookahead_blocks) for c in cfgs], dtype=np.int64) * g_s
         self.la_r = la_s[self.sid]
         self.lamax = int(la_s.max())
-        self.contention = [contention_for(c, traces) for c in cfgs]
         self.sources = [_source(c, traces) for c in cfgs]
-        # contended rates (1 / factor), as gpu.Gpu._rerate computes them
-        t_rc = np.array([[1.0 / cm.factor("target", s) if g else 1.0 for s, g in zip(PREFILL_PHASE_STAGES, _GPU_STAGE)]
-                         for cm in self.contention])
-        d_rc = np.array([[1.0 / cm.factor("drafter", s) if g else 1.0 for s, g in zip(PREFILL_PHASE_STAGES, _GPU_STAGE)]
-                         for cm in self.contention])
-        self.t_stage_rc, self.d_stage_rc = t_rc, d_rc  # (S, 4)
-        self.rc_t_dec = np.array([1.0 / cm.factor("target", "decode_step") for cm in self.contention])[self.sid]
-        self.rc_t_ver = np.array([1.0 / cm.factor("target", "verify") for cm in self.contention])[self.sid]
-        self.rc_d_step = np.array([1.0 / cm.factor("drafter", "decode_step") for cm in self.contention])[self.sid]
-        self.vmed = np.interp(np.arange(max(self.gmax, 1) + 1), bank.verify_gammas, bank.verify_median_ms)
+        # contended rates (1 / factor) by (target stage code, drafter stage code), as
+        # gpu.contended_rate computes them: rt[s, tc, dc], rd[s, dc, tc]
+        self.rt_pair, self.rd_pair = _rate_tables(self.contention)
+        self.vtab = bank.verify_table(max(self.gmax, 1))[self.req]  # (R, >= gmax + 1) per-sample verify ms
         self.phase_t = bank.phase_ms["target"][self.req]
         self.phase_d = bank.phase_ms["drafter"][self.req]
-        self.plans = ([planning_inputs(c, traces, src, cm) for c, src, cm in zip(cfgs, self.sources, self.contention)]
+        self.plans = ([_plan(c, traces, src, cm) for c, src, cm in zip(cfgs, self.sources, self.contention)]
                       if self.strategy == "adaptive_budget" else None)
 
     def runs(self, width: int) -> np.ndarray:
@@ -272,6 +276,41 @@ class _Batch:
     def split(self, out: dict) -> list[dict]:
         n = self.n
         return [{k: v[s * n:(s + 1) * n] for k, v in out.items()} for s in range(self.S)]
+
+
+# stage codes of the rate tables: target 0..3 prefill phase, 4 verify, 5 decode step;
+# drafter 0..3 prefill phase, 4 draft step (measured as decode_step)
+_T_CODES = PREFILL_PHASE_STAGES + ("verify", "decode_step")
+_D_CODES = PREFILL_PHASE_STAGES + ("draft_step",)
+
+
+def _rate_tables(models) -> tuple[np.ndarray, np.ndarray]:
+    """Per scenario: rate of the target at code tc beside the drafter at code dc, and the
+    reverse (1 where either is a CPU stage: CPU stages never share the GPU)."""
+    S = len(models)
+    rt = np.ones((S, len(_T_CODES), len(_D_CODES)))
+    rd = np.ones((S, len(_D_CODES), len(_T_CODES)))
+    for s, cm in enumerate(models):
+        for i, ts in enumerate(_T_CODES):
+            for j, ds in enumerate(_D_CODES):
+                if ts in CPU_STAGES or ds in CPU_STAGES:
+                    continue
+                rt[s, i, j] = 1.0 / cm.contention_factor("target", ts, ds)
+                rd[s, j, i] = 1.0 / cm.contention_factor("drafter", ds, ts)
+    return rt, rd
+
+
+def _contended(cfg: SimConfig, model) -> bool:
+    """One GPU, or two GPUs whose host contention model is not all ones."""
+    return int(cfg.n_gpus) == 1 or not model.is_trivial
+
+
+def _plan(cfg: SimConfig, traces: TraceSet, source, model) -> dict:
+    tc = _trace_cache(traces)
+    key = ("plan", cfg.replace(n_requests=1, seed=0, label=""), _acc_key(cfg.acceptance))
+    if key not in tc:
+        tc[key] = planning_inputs(cfg, traces, source, model)
+    return tc[key]
 
 
 def _empty_counters(n: int) -> dict:
@@ -354,8 +393,7 @@ def _serial_sd(b: _Batch) -> list[dict]:
     if b.Nmax >= 2:
         cd = bc.csum("drafter_decode", b.gmax * (b.Nmax - 1) + 1)
         td = bc.stream("target_decode", b.Nmax - 1)
-        vn = bc.stream("verify_noise", b.Nmax - 1)
-        vmed = b.vmed
+        vtab = b.vtab
         width = rt.shape[1] - 1
         for j in range(b.Nmax - 1):
             act = committed < Nr
@@ -365,7 +403,7 @@ def _serial_sd(b: _Batch) -> list[dict]:
             t += cd[req, steps + want] - cd[req, steps]
             steps += want
             k = want  # drafts available == want (see docstring); verify_budget = want
-            ms = np.where(k > 0, vmed[k] * vn[req, j], td[req, j])
+            ms = np.where(k > 0, vtab[rows, k], td[req, j])
             t = np.where(act, t + ms, t)
             L = np.maximum(0, np.minimum(run_end - committed, k))
             c2 = np.minimum(committed + L + 1, Nr)
@@ -411,11 +449,9 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
     inf = np.inf
 
     phase_t, phase_d = b.phase_t, b.phase_d
-    t_stage_rc, d_stage_rc = b.t_stage_rc, b.d_stage_rc
-    rc_t_dec, rc_t_ver, rc_d_step = b.rc_t_dec, b.rc_t_ver, b.rc_d_step
-    vmed = b.vmed
+    rt_pair, rd_pair = b.rt_pair, b.rd_pair
+    vtab = b.vtab
     td = bc.stream("target_decode", max(b.Nmax - 1, 1))
-    vn = bc.stream("verify_noise", max(b.Nmax - 1, 1))
     rt = b.runs(b.Nmax + 2)
     dd_width = [0]
     dd = [None]
@@ -435,13 +471,13 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
     now = np.zeros(R)
     latency = np.full(R, np.nan)
     tpc = np.zeros(R, dtype=np.int64)
-    tw = phase_t[:, 0].copy()
-    trc = t_stage_rc[sid, 0].copy()
+    # CPU lane (processes module docstring): the target's load starts when the drafter's
+    # preprocess ends, so its first CPU stage carries that wait
+    tw = (phase_d[:, 0] + phase_d[:, 1]) + phase_t[:, 0]
     tgpu = np.full(R, _GPU_STAGE[0])
     kcur = np.zeros(R, dtype=np.int64)
     dpc = np.zeros(R, dtype=np.int64)
     dw = phase_d[:, 0].copy()
-    drc = d_stage_rc[sid, 0].copy()
     dgpu = np.full(R, _GPU_STAGE[0])
     if _GPU_STAGE[0]:
         tw[tw <= _EPS_MS] = 0.0
@@ -463,33 +499,20 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
     accepted = np.zeros(R, dtype=np.int64)
     window_acc = np.zeros(R, dtype=np.int64)
     verify_passes = np.zeros(R, dtype=np.int64)
-    budget = gr.copy()  # window budget (adaptive: fixed at the drafter's prefill end)
+    if adaptive:  # strategies.adaptive_budget: fixed per scenario at request start (b >= 1 here)
+        budget = np.array([int(p["window_budget"]) for p in b.plans], dtype=np.int64)[sid]
+    else:
+        budget = gr.copy()
     tpe = np.full(R, np.nan)
     dpe = np.full(R, np.nan)
     n_done = 0
 
-    if adaptive:  # strategies._adaptive_window_budget, per scenario
-        step_s, phase_s, worth_s = [], [], []
-        for c, plan in zip(b.cfgs, b.plans):
-            f_t = plan["target_prefill_factor"] if b.shared else 1.0
-            f_d = plan["drafter_step_factor"] if b.shared else 1.0
-            step_ms = plan["drafter_step_ms"] * f_d
-            cost_ms = step_ms * (1.0 - 1.0 / f_t)
-            surv = plan["p_run_at_least"]
-            step_s.append(step_ms)
-            phase_s.append(plan["target_cpu_ms"] + plan["target_gpu_ms"] * f_t)
-            worth_s.append(1 + int(np.sum(surv[2: int(c.gamma) + 1] * plan["target_decode_ms"] >= cost_ms)))
-        step_s, phase_s, worth_s = np.array(step_s), np.array(phase_s), np.array(worth_s, dtype=np.int64)
-
-        def adaptive_budget(idx):
-            s = sid[idx]
-            step_ms = step_s[s]
-            remaining = np.maximum(0.0, phase_s[s] - now[idx])
-            pos = step_ms > 0
-            tb = np.floor_divide(remaining, np.where(pos, step_ms, 1.0))
-            time_budget = np.where(pos, 1 + tb.astype(np.int64), gr[idx])
-            useful = np.maximum(1, Nr[idx] - 1)  # drafts past position N-1 are never verified
-            return np.maximum(1, np.minimum(np.minimum(np.minimum(gr[idx], time_budget), worth_s[s]), useful))
+    def rates(t_sel, d_sel):
+        """Contended rates of the target / drafter activities of requests ``t_sel``."""
+        tc = np.where(tpc[t_sel] < _T_PASS, tpc[t_sel], np.where(kcur[t_sel] > 0, 4, 5))
+        dc = np.minimum(dpc[d_sel], _D_STEP)
+        s_ = sid[t_sel]
+        return rt_pair[s_, tc, dc], rd_pair[s_, dc, tc]
 
     # ---- helpers on index arrays
     def sync(s):
@@ -514,10 +537,9 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
         j = tpasses[idx]
         ri = req[idx]
         ver = k > 0
-        ms = np.where(ver, vmed[k] * vn[ri, j], td[ri, j])
+        ms = np.where(ver, vtab[idx, k], td[ri, j])
         tpasses[idx] = j + 1
         tw[idx] = ms
-        trc[idx] = np.where(ver, rc_t_ver[idx], rc_t_dec[idx])
         tgpu[idx] = True
         tpc[idx] = _T_PASS
         kcur[idx] = k
@@ -552,7 +574,6 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
             dsteps[g] = i + 1
             step_gen[g] = generation[g]
             dpc[g] = _D_STEP
-            drc[g] = rc_d_step[g]
             dgpu[g] = True
         rest = idx[~go]
         if rest.size:
@@ -613,8 +634,10 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
         # -- advance every request to its next completion (processor sharing on one GPU)
         if shared:
             both = tgpu & dgpu
-            rt_ = np.where(both, trc, one)
-            rd_ = np.where(both, drc, one)
+            rt_, rd_ = one.copy(), one.copy()
+            bi = np.flatnonzero(both)
+            if bi.size:
+                rt_[bi], rd_[bi] = rates(bi, bi)
             ttime = tw / rt_
             dtime = dw / rd_
         else:
@@ -643,7 +666,6 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
                 w = phase_t[a, npc]
                 gpu = npc >= 2
                 tw[a] = np.where(gpu & (w <= _EPS_MS), 0.0, w)
-                trc[a] = t_stage_rc[sid[a], npc]
                 tgpu[a] = gpu
             m = pc == 3
             if m.any():  # target prefill ends: ttft, window drafts, d1 == t1, commit(0)
@@ -690,7 +712,6 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
                 w = phase_d[a, npc]
                 gpu = npc >= 2
                 dw[a] = np.where(gpu & (w <= _EPS_MS), 0.0, w)
-                drc[a] = d_stage_rc[sid[a], npc]
                 dgpu[a] = gpu
             m = pc == 3
             if m.any():  # drafter prefill ends: its logits draft position 1
@@ -699,10 +720,6 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
                 fresh = (generation[a] == 0) & (committed[a] == 0)
                 dpos[a] = np.where(fresh, 1, dpos[a])
                 drafted[a] += fresh
-                if adaptive:  # first cap query of the drafter loop fixes the window budget
-                    q = a[~tpref[a] & ~stopped[a]]
-                    if q.size:
-                        budget[q] = adaptive_budget(q)
                 drafter_next(a)
         if not keep_drafting:
             n_done += finalize_ar()
@@ -745,8 +762,7 @@ def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
             m = np.where(stopped[B], 0, np.maximum(0, np.minimum(c + cap_after[B], nB) - p1))
             twB = twA[busy]
             if shared:
-                rtc = trc[B]
-                rdc = rc_d_step[B]
+                rtc, rdc = rates(B, B)  # target pass beside a draft step
                 tmax = twB / rtc  # pass end if the drafter stays busy throughout
             else:
                 rdc = 1.0
@@ -836,6 +852,15 @@ def _check_bank(cfg: SimConfig, bank: DrawBank) -> None:
         )
 
 
+def _engine_strategy(cfg: SimConfig, traces: TraceSet) -> str:
+    """The engine a scenario needs: adaptive_budget with a window budget of 0 IS target_only."""
+    if cfg.strategy == "adaptive_budget":
+        plan = _plan(cfg, traces, _source(cfg, traces), contention_for(cfg, traces))
+        if int(plan["window_budget"]) == 0:
+            return "target_only"
+    return cfg.strategy
+
+
 def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | None = None, *,
                   aggregate: bool = True, max_batch: int = 24) -> list[dict]:
     """:func:`simulate_arrays` for many scenarios sharing one :class:`DrawBank`.
@@ -852,7 +877,7 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
         _check_bank(c, bank)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, c in enumerate(cfgs):
-        groups[(c.strategy, int(c.n_gpus) == 1, int(c.output_tokens))].append(i)
+        groups[(_engine_strategy(c, traces), _contended(c, contention_for(c, traces)), int(c.output_tokens))].append(i)
     results: list = [None] * len(cfgs)
     bc = _bank_cache(bank)
     for (strategy, _, N), idx in groups.items():
@@ -863,7 +888,7 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
             outs = engine(batch, aggregate=aggregate) if engine is _window_engine else engine(batch)
             base = _baseline(bc, N)
             for i, out in zip(part, outs):
-                out["baseline_latency_ms"] = out["latency_ms"].copy() if strategy == "target_only" else base.copy()
+                out["baseline_latency_ms"] = base.copy()
                 out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"]
                 results[i] = out
     return results
@@ -985,6 +1010,7 @@ def _run_chunk(traces_path, items: list, use_fast: bool) -> list[dict]:
         for idx, cfg in slow:
             summ = simulate(cfg, traces, bank=bank).summary()
             summ.pop("provenance", None)
+            summ.pop("contention", None)
             rows.append({"_index": idx} | cfg.as_dict() | summ | {"engine": "simpy"})
     if rows:  # CPU seconds of this task (a busy machine shows up as wall >> cpu / workers)
         rows[0]["_cpu_s"] = time.process_time() - cpu0

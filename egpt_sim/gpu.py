@@ -1,14 +1,17 @@
-"""A GPU shared by concurrently running activities (SimPy), with a contention rate model.
+"""GPUs shared by concurrently running activities (SimPy), with a contention rate model.
 
-Covers: same-GPU contention between the drafter and the target.
+Covers: same-GPU contention between the drafter and the target (one GPU) and host
+contention between them on two GPUs driven from one process (threads).
 
-Scenario: each activity brings an amount of *work* equal to its duration when the GPU
-runs it alone (ms). While an activity of the other role is running on the same GPU,
-it progresses at rate ``1 / contention_factor(role, stage)``; otherwise at rate 1.
-Whenever an activity starts or ends, the remaining work of every running activity is
-updated and its completion re-scheduled. Nothing is free: a draft step beside a
-prefill slows both by the fitted factors. On a GPU of its own (n_gpus >= 2) every
-activity runs at rate 1 (cross-GPU host effects are measured, not modelled).
+Scenario: each activity brings an amount of *work* equal to its duration when it runs
+alone (ms). Activities that can slow each other share a :class:`ContentionDomain`: one
+GPU, or — for host contention — the two GPUs of one request. While an activity of the
+other role runs in the same domain, an activity progresses at rate
+``1 / contention_factor(role, stage, peer_activity)`` (:mod:`egpt_sim.contention`; with
+several peers, the largest factor); with no peer at rate 1. Whenever an activity starts
+or ends, the remaining work of every running activity is updated and its completion
+re-scheduled. A domain whose factors are all 1 (two GPUs, processes or host contention
+assumed away) is exactly "every activity at its alone speed".
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from .traces import ContentionModel
+from .contention import ContentionModel
 
 _EPS_MS = 1e-9
 
@@ -25,29 +28,59 @@ _EPS_MS = 1e-9
 @dataclass(eq=False)
 class _Activity:
     role: str
-    stage: str
+    stage: str  # measured stage name (egpt_sim.contention.measured_stage)
     remaining_ms: float
+    gpu: "Gpu"
     rate: float = 1.0
     changed: simpy.Event | None = field(default=None, repr=False)
 
 
-class Gpu:
-    """One GPU. ``execute`` is a generator used with ``yield from``."""
+def contended_rate(contention: ContentionModel, act, active) -> float:
+    """Rate of ``act`` among ``active`` activities: 1 / the largest factor over the
+    other role's running activities (1 with none)."""
+    f = max((contention.contention_factor(act.role, act.stage, b.stage) for b in active if b.role != act.role),
+            default=1.0)
+    return 1.0 / f
 
-    def __init__(self, env: simpy.Environment, index: int, contention: ContentionModel):
+
+class ContentionDomain:
+    """Running activities that slow each other, and the model that says by how much."""
+
+    def __init__(self, env: simpy.Environment, contention: ContentionModel):
+        self.env = env
+        self.contention = contention
+        self.active: list[_Activity] = []
+        self.last_update = 0.0
+
+
+class Gpu:
+    """One GPU. ``execute`` is a generator used with ``yield from``.
+
+    ``domain``: share one :class:`ContentionDomain` between two GPUs for host
+    contention; by default the GPU is its own domain (same-GPU contention).
+    """
+
+    def __init__(self, env: simpy.Environment, index: int, contention: ContentionModel,
+                 domain: ContentionDomain | None = None):
         self.env = env
         self.index = index
-        self.contention = contention
-        self._active: list[_Activity] = []
-        self._last_update = 0.0
-        self.busy_ms = 0.0  # wall time with at least one activity running
+        self.domain = domain if domain is not None else ContentionDomain(env, contention)
+        self.busy_ms = 0.0  # wall time with at least one activity of this GPU running
+
+    @property
+    def contention(self) -> ContentionModel:
+        return self.domain.contention
+
+    @property
+    def _active(self) -> list[_Activity]:
+        return self.domain.active
 
     def execute(self, role: str, stage: str, work_ms: float):
         """Run ``work_ms`` of alone-time work of ``role``/``stage``; returns elapsed ms."""
         env = self.env
         start = env.now
         self._advance()
-        act = _Activity(role, stage, float(work_ms))
+        act = _Activity(role, stage, float(work_ms), self)
         self._active.append(act)
         self._rerate()
         while act.remaining_ms > _EPS_MS:
@@ -62,20 +95,23 @@ class Gpu:
         return env.now - start
 
     def _advance(self) -> None:
+        d = self.domain
         now = self.env.now
-        dt = now - self._last_update
+        dt = now - d.last_update
         if dt > 0:
-            if self._active:
-                self.busy_ms += dt
-            for a in self._active:
+            for g in {a.gpu for a in d.active}:
+                g.busy_ms += dt
+            for a in d.active:
                 a.remaining_ms -= dt * a.rate
-        self._last_update = now
+        d.last_update = now
 
     def _rerate(self) -> None:
         for a in self._active:
-            peer_busy = any(b.role != a.role for b in self._active)
-            rate = 1.0 / self.contention.factor(a.role, a.stage) if peer_busy else 1.0
-            if rate != a.rate:
-                a.rate = rate
-                if a.changed is not None and not a.changed.triggered:
-                    a.changed.succeed()
+            self._set_rate(a, contended_rate(self.contention, a, self._active))
+
+    @staticmethod
+    def _set_rate(a: _Activity, rate: float) -> None:
+        if rate != a.rate:
+            a.rate = rate
+            if a.changed is not None and not a.changed.triggered:
+                a.changed.succeed()

@@ -18,6 +18,14 @@ Token bookkeeping (positions 1..N of the answer):
   of the window's block, the same quantity as ``accepted_len`` in acceptance traces. Afterwards the drafter keeps its lookahead only if it has drafted the
   new last committed position and that draft matched; otherwise it re-synchronises
   (its in-flight step, if any, finishes on the GPU and is discarded).
+
+CPU lane (stated here once; :mod:`egpt_sim.fastpath` follows it): the CPU stages (load,
+preprocess) of the two roles run one after the other, drafter first, as
+``measure.stages`` measures them ("stages 1-2 run one role after the other, drafter
+first"). When a strategy runs both prefill phases at once, the target's load starts when
+the drafter's preprocess ends (:func:`cpu_lane_wait`); each role's GPU stages start as
+soon as its own CPU stages end (the measurement's barrier before stage 3 only aligns the
+contention measurement and is not modelled). CPU stages never contend on the GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import simpy
 
 from .config import SimConfig
 from .draws import RequestDraws
+from .contention import measured_stage
 from .gpu import Gpu
 from .schema import CPU_STAGES
 from .traces import PREFILL_PHASE_STAGES
@@ -69,6 +78,7 @@ class RequestContext:
     timeline: list[tuple] | None = None
     plan: dict | None = None  # expected (median) times for policies that plan ahead
     source: object = None  # AcceptanceSource mapping uniforms to run lengths
+    drafter_cpu_done: simpy.Event | None = None  # CPU lane: set when both prefills run at once
     _wakeup: simpy.Event | None = None
 
     # -- helpers ------------------------------------------------------------
@@ -125,16 +135,25 @@ def stage(ctx: RequestContext, role: str, name: str, work_ms: float, tokens: int
         gpu_index = -1
     else:
         gpu = ctx.gpu_of(role)
-        contention_stage = "decode_step" if name == "draft_step" else name
-        yield from gpu.execute(role, contention_stage, work_ms)
+        yield from gpu.execute(role, measured_stage(name), work_ms)
         gpu_index = gpu.index
     ctx.record(role, name, start, env.now, gpu_index, tokens)
 
 
+def cpu_lane_wait(ctx: RequestContext, role: str):
+    """The target's CPU stages wait for the drafter's (one CPU lane, drafter first)."""
+    ev = ctx.drafter_cpu_done
+    if role == "target" and ev is not None and not ev.processed:
+        yield ev
+
+
 def prefill_phase(ctx: RequestContext, role: str):
-    """Stages 1-4 of one role (load, preprocess, vision_encode, prefill)."""
+    """Stages 1-4 of one role (load, preprocess, vision_encode, prefill), CPU lane first."""
+    yield from cpu_lane_wait(ctx, role)
     for name, ms in zip(PREFILL_PHASE_STAGES, ctx.draws.phase_ms[role]):
         yield from stage(ctx, role, name, ms, tokens=1 if name == "prefill" else 0)
+        if role == "drafter" and name == CPU_STAGES[-1] and ctx.drafter_cpu_done is not None:
+            ctx.drafter_cpu_done.succeed()
 
 
 def target_prefill(ctx: RequestContext):

@@ -167,7 +167,7 @@ def contention_table(ts: TraceSet, concurrency: str = "auto") -> pd.DataFrame | 
     separate processes when measured, else streams. The ``concurrency`` column names the rows used.
     """
     try:
-        table = ts.contention("shared_gpu", concurrency).table()
+        table = ts.contention("shared_gpu", concurrency).table(by_peer=False)
     except TraceError:
         return None
     if concurrency == "auto":

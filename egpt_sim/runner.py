@@ -19,7 +19,7 @@ import pandas as pd
 import simpy
 
 from . import strategies
-from .acceptance import make_source
+from .acceptance import source_for
 from .config import SimConfig
 from .draws import DrawBank, RequestDraws
 from .gpu import Gpu
@@ -37,14 +37,21 @@ TIMELINE_COLUMNS = ("request_id", "actor", "activity", "start_ms", "end_ms", "gp
 
 @dataclass
 class SimResult:
+    """``contention``: the model used, with provenance (``.table()``: every factor
+    measured or assumed, rows, CI; ``.header()``: one line for report headers)."""
+
     config: SimConfig
     requests: pd.DataFrame
     timeline: pd.DataFrame
     provenance: str
     contention: ContentionModel
 
+    @property
+    def contention_header(self) -> str:
+        return self.contention.header()
+
     def summary(self) -> dict:
-        return summarize(self.requests) | {"provenance": self.provenance}
+        return summarize(self.requests) | {"provenance": self.provenance, "contention": self.contention_header}
 
 
 def summarize(requests: pd.DataFrame) -> dict:
@@ -69,31 +76,62 @@ def summarize(requests: pd.DataFrame) -> dict:
     }
 
 
-def contention_for(cfg: SimConfig, traces: TraceSet) -> ContentionModel:
-    """The fitted same-GPU model for 1 GPU; none for >= 2 GPUs.
+OVERLAPPING = ("prefill_then_verify", "parallel_sd", "adaptive_budget")  # both models run at once
 
-    With separate GPUs each activity runs at its alone speed. Cross-GPU effects (the
-    two models sharing one host process / CPU) are *measured* — ``traces.contention(
-    "separate_gpu")`` reports them — but not modelled; the 2-GPU validation shows their size.
+
+def contention_for(cfg: SimConfig, traces: TraceSet) -> ContentionModel:
+    """The contention model of ``cfg``'s domain (see :mod:`egpt_sim.contention`).
+
+    One GPU: same-GPU contention fitted from ``shared_gpu`` rows. Two or more GPUs: host
+    contention (``separate_gpu`` rows; 1.0 by rule for processes; an explicit assumption
+    of 1.0 where not measured). Strategies that never run both models at once, and
+    ``contention='none'``, get no contention. Unmeasured factors follow
+    ``cfg.contention_missing``.
     """
-    if cfg.contention == "none" or cfg.n_gpus >= 2:
-        return ContentionModel.none()
-    return traces.contention("shared_gpu", cfg.contention_concurrency).scaled(cfg.contention_scale)
+    if cfg.contention == "none":
+        return ContentionModel.none("contention='none'")
+    if cfg.strategy not in OVERLAPPING:
+        return ContentionModel.none(f"not applicable: {cfg.strategy} never runs both models at once")
+    placement = "shared_gpu" if cfg.n_gpus == 1 else "separate_gpu"
+    model = traces.contention(placement, cfg.contention_concurrency, cfg.contention_missing)
+    return model.scaled(cfg.contention_scale)
 
 
 def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: ContentionModel) -> dict:
-    """Expected (median) quantities a real scheduler could know in advance."""
-    phase = traces.prefill_phase_table["target"]
-    surv = source.survival(cfg.gamma)
-    return {
-        "target_cpu_ms": float(np.median(phase[:, :2].sum(axis=1))) if cfg.include_cpu_stages else 0.0,
-        "target_gpu_ms": float(np.median(phase[:, 2:].sum(axis=1))),
-        "drafter_step_ms": float(np.median(traces.decode_pool["drafter"])) / cfg.drafter_speed,
-        "target_decode_ms": float(np.median(traces.decode_pool["target"])),
-        "target_prefill_factor": contention.factor("target", "prefill"),
-        "drafter_step_factor": contention.factor("drafter", "decode_step"),
-        "p_run_at_least": surv,
-    }
+    """What a real scheduler could know before a request starts — the recorded samples'
+    stage times (CPU, vision, prefill of both roles paired as the draws pair them, mean
+    decode step, verify curve), the acceptance survival P(R0 >= i), the contention
+    factors — and adaptive_budget's window budget, the same for every request
+    (:func:`egpt_sim.strategies.window_budget_plan`)."""
+    cpu = 1.0 if cfg.include_cpu_stages else 0.0
+    tabs = traces.sample_tables
+    t, d = tabs["target"], tabs["drafter"]
+    gam, vmed, _ = traces.verify_curve
+    where = {k: i for i, k in enumerate(d.keys)}
+    d_mean = d.phase_ms.mean(axis=0)
+    d_step = np.nanmean(d.decode_ms, axis=1)
+    t_step = np.nanmean(t.decode_ms, axis=1)
+    vcurve = t.verify_curves(cfg.gamma, (gam, vmed))
+    samples = []
+    for i, key in enumerate(t.keys):
+        j = where.get(key, -1)
+        dp = d.phase_ms[j] if j >= 0 else d_mean
+        ds = d_step[d.own_decode[j]] if j >= 0 and d.own_decode[j] >= 0 else float(np.mean(d_step))
+        ts = t_step[t.own_decode[i]] if t.own_decode[i] >= 0 else float(np.mean(t_step))
+        samples.append({
+            "target_cpu_ms": float(t.phase_ms[i, 0] + t.phase_ms[i, 1]) * cpu,
+            "target_vision_ms": float(t.phase_ms[i, 2]), "target_prefill_ms": float(t.phase_ms[i, 3]),
+            "drafter_cpu_ms": float(dp[0] + dp[1]) * cpu,
+            "drafter_vision_ms": float(dp[2]) / cfg.drafter_speed,
+            "drafter_prefill_ms": float(dp[3]) / cfg.drafter_speed,
+            "drafter_step_ms": float(ds) / cfg.drafter_speed, "target_decode_ms": float(ts),
+            "verify_ms": vcurve[i],
+        })
+    plan = {"samples": samples, "p_run_at_least": source.survival(cfg.gamma + 1),
+            "factor": contention.contention_factor}
+    plan["window_budget"], plan["expected_latency_ms"] = strategies.window_budget_plan(
+        plan, cfg.gamma, cfg.output_tokens)
+    return plan
 
 
 def run_request(cfg: SimConfig, draws: RequestDraws, source, contention: ContentionModel,
@@ -101,7 +139,8 @@ def run_request(cfg: SimConfig, draws: RequestDraws, source, contention: Content
     """Simulate one request in its own environment; returns its result row."""
     env = simpy.Environment()
     target_gpu = Gpu(env, 0, contention)
-    drafter_gpu = target_gpu if cfg.n_gpus == 1 else Gpu(env, 1, contention)
+    # two GPUs of one request share the host contention domain (rate 1 when it is trivial)
+    drafter_gpu = target_gpu if cfg.n_gpus == 1 else Gpu(env, 1, contention, domain=target_gpu.domain)
     ctx = RequestContext(env, cfg, draws, target_gpu, drafter_gpu, timeline=timeline, plan=plan, source=source)
     ctx.sync_drafter()  # the run for the prefill window starts at position 0
     ctx.state.generation = 0
@@ -126,7 +165,7 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
     ``bank`` lets sweeps reuse one set of draws across scenarios (it must match the
     config's seed, n_requests, drafter_speed and include_cpu_stages).
     """
-    source = make_source(cfg.acceptance, traces)
+    source = source_for(cfg, traces)
     contention = contention_for(cfg, traces)
     plan = planning_inputs(cfg, traces, source, contention) if cfg.strategy == "adaptive_budget" else None
     bank = bank if bank is not None else draw_bank(cfg, traces)

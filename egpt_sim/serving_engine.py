@@ -40,7 +40,7 @@ import simpy
 
 from . import strategies
 from .acceptance import make_source
-from .gpu import Gpu
+from .gpu import Gpu, contended_rate
 from .processes import RequestContext
 from .runner import contention_for, draw_bank, planning_inputs, run_request
 from .serving_config import ServingConfig
@@ -81,14 +81,8 @@ class SharedGpu(Gpu):
 
     def _rerate(self) -> None:
         counts = Counter(a.role for a in self._active)
-        mixed = len(counts) > 1
         for a in self._active:
-            factor = self.contention.factor(a.role, a.stage) if mixed else 1.0
-            rate = 1.0 / (factor * counts[a.role])
-            if rate != a.rate:
-                a.rate = rate
-                if a.changed is not None and not a.changed.triggered:
-                    a.changed.succeed()
+            self._set_rate(a, contended_rate(self.contention, a, self._active) / counts[a.role])
 
 
 class RequestClock:

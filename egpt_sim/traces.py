@@ -1,19 +1,25 @@
 """Trace sets: read measured (or example) traces and turn them into samplers.
 
-Covers: loading a trace-set folder (see :mod:`egpt_sim.schema`), resampling raw stage
-durations per request, verify cost as a function of the number of drafts, and the
-same-GPU contention factors fitted from ``shared_gpu`` vs ``alone`` rows.
+Covers: loading a trace-set folder (see :mod:`egpt_sim.schema`), the per-sample tables
+the simulator replays (:attr:`TraceSet.sample_tables`), verify cost as a function of the
+number of drafts, and the contention models fitted from concurrent vs alone rows
+(:mod:`egpt_sim.contention`).
 
 Assumptions (stated once, used everywhere):
 
-* Durations are resampled from the raw ``alone`` rows (not only medians). The four
-  prefill-phase stages of one request come from one recorded sample, so their
-  correlation is kept; decode steps are bootstrapped i.i.d. from all decode steps.
-* A verify pass over ``k`` drafts costs the median at the bracketing measured gammas,
-  linearly interpolated in ``k``, times a resampled multiplicative noise ratio.
-* Contention is a *rate* model: while the peer model is busy on the same GPU, an
-  activity progresses at ``1 / factor`` of its alone speed, where
-  ``factor = median(shared, peer busy) / median(alone)`` per (role, stage).
+* A simulated request replays *recorded samples*: one per role, drawn at random
+  (:class:`egpt_sim.draws.DrawBank`), the target's and the drafter's being the same
+  recorded sample (run_id, sample_id) when both roles were recorded on it. From its
+  sample a role takes its four prefill-phase stages, its decode steps in recorded order
+  (with their KV lengths; beyond the recorded steps, steps are bootstrapped from the same
+  sample) and, for the target, its verify rows by gamma. Only ``alone`` rows are
+  replayed; contention multiplies them.
+* A verify pass over ``k`` drafts costs the sample's verify time at the bracketing
+  measured gammas, linearly interpolated in ``k`` (flat beyond the largest; a pass over
+  0 drafts is the sample's median decode step). A sample without verify rows uses the
+  pooled curve (median per gamma over all samples).
+* Contention is a *rate* model keyed by (role, stage, peer activity); see
+  :mod:`egpt_sim.contention`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
+from .contention import ContentionModel, Fit, fit_factors, infer_peer_activity, resolve, uniform_model  # noqa: F401
 from .schema import TraceError
 
 PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")
@@ -34,39 +41,43 @@ DATA_DIR = Path(__file__).parent / "data" / "traces"
 
 
 @dataclass(frozen=True)
-class ContentionModel:
-    """Slow-down factors (>= 1 means slower) while the peer model is busy on the same GPU.
+class RoleSamples:
+    """One role's recorded ``alone`` samples, ready for per-sample replay (ms).
 
-    ``factors[(role, stage)]``; stages without shared measurements fall back to the
-    role's decode-step factor, then to the median of the role's factors, then 1.0 —
-    ``fallbacks`` says which entries were not measured directly.
+    ``keys``: (run_id, sample_id) with a prefill row; ``phase_ms`` (n, 4) load /
+    preprocess / vision_encode / prefill (a missing stage = 0 ms). ``decode_ms``
+    (n_dec, width): the decode steps of the samples in ``decode_keys`` in step order,
+    NaN-padded, ``decode_n`` steps each; ``own_decode[i]`` indexes sample i's row in
+    it (-1: the sample recorded no decode step). ``verify_ms`` (n, G): median verify
+    time per gamma in ``verify_gammas`` (NaN where not recorded). ``decode_median_ms``
+    (n,): the sample's median decode step (pooled median if it has none).
     """
 
-    factors: dict[tuple[str, str], float]
-    fallbacks: tuple[tuple[str, str], ...] = ()
-    source: str = "fitted"
+    keys: tuple
+    phase_ms: np.ndarray
+    decode_keys: tuple
+    decode_ms: np.ndarray
+    decode_n: np.ndarray
+    own_decode: np.ndarray
+    verify_gammas: np.ndarray
+    verify_ms: np.ndarray
+    decode_median_ms: np.ndarray
 
-    def factor(self, role: str, stage: str) -> float:
-        return self.factors.get((role, stage), 1.0)
-
-    def scaled(self, excess_scale: float) -> "ContentionModel":
-        """What-if: scale the excess slow-down (factor - 1) by ``excess_scale``."""
-        return ContentionModel(
-            {k: 1.0 + (v - 1.0) * excess_scale for k, v in self.factors.items()},
-            self.fallbacks,
-            f"{self.source} x{excess_scale:g}",
-        )
-
-    @staticmethod
-    def none() -> "ContentionModel":
-        return ContentionModel({}, (), "none")
-
-    def table(self) -> pd.DataFrame:
-        rows = [
-            {"role": r, "stage": s, "contention_factor": f, "measured": (r, s) not in self.fallbacks}
-            for (r, s), f in sorted(self.factors.items())
-        ]
-        return pd.DataFrame(rows)
+    def verify_curves(self, kmax: int, pooled: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """(n, kmax + 1): cost of a pass over k = 0..kmax drafts for each sample, ms."""
+        k = np.arange(kmax + 1)
+        out = np.empty((len(self.keys), kmax + 1))
+        for i in range(len(self.keys)):
+            have = np.isfinite(self.verify_ms[i]) if self.verify_ms.size else np.zeros(0, bool)
+            if have.any():
+                gam = self.verify_gammas[have]
+                med = self.verify_ms[i, have]
+                if gam[0] > 0:
+                    gam, med = np.concatenate([[0], gam]), np.concatenate([[self.decode_median_ms[i]], med])
+                out[i] = np.interp(k, gam, med)
+            else:
+                out[i] = np.interp(k, *pooled)
+        return out
 
 
 @dataclass
@@ -205,49 +216,82 @@ class TraceSet:
         gam, med, _ = self.verify_curve
         return np.interp(k, gam, med)
 
-    def contention(self, placement: str = "shared_gpu", concurrency: str = "any") -> ContentionModel:
-        """Fit slow-down factors from ``placement`` rows with the peer busy vs ``alone``.
+    @cached_property
+    def sample_tables(self) -> dict[str, RoleSamples]:
+        """Per role: the recorded ``alone`` samples for per-sample replay."""
+        return {role: self._role_samples(role) for role in schema.ROLES}
 
-        ``concurrency`` selects how the two models shared the GPU in the measurement
-        (``streams``: two threads in one process; ``processes``), ``any`` (pooled) or
-        ``auto`` (processes if measured, else streams). Threads
-        contend for the Python interpreter as well as the GPU, so the two differ a lot;
-        validate against an executor with the concurrency it actually used.
-        """
+    def _role_samples(self, role: str) -> RoleSamples:
         r = self.ok_rows
-        shared = r[(r["placement"] == placement) & r["peer_busy"]]
-        if concurrency == "auto":  # separate processes (no shared interpreter) when measured
-            present = set(shared["concurrency"].astype(str))
-            concurrency = next((c for c in ("processes", "streams") if c in present), "any")
-        key = ("contention", placement, concurrency)
+        mine = r[(r["role"] == role) & (r["placement"] == "alone")]
+        sel = mine[mine["stage"].isin(PREFILL_PHASE_STAGES)]
+        piv = sel.pivot_table(index=["run_id", "sample_id"], columns="stage", values="duration_ms", aggfunc="median")
+        piv = piv.reindex(columns=list(PREFILL_PHASE_STAGES)).dropna(subset=["prefill"]).fillna(0.0)
+        keys = tuple(piv.index)
+        dec = mine[mine["stage"] == "decode_step"].sort_values(["run_id", "sample_id", "step"])
+        steps = [g["duration_ms"].to_numpy(float) for _, g in dec.groupby(["run_id", "sample_id"], sort=True)]
+        dkeys = tuple(k for k, _ in dec.groupby(["run_id", "sample_id"], sort=True))
+        width = max((len(x) for x in steps), default=0)
+        table = np.full((len(steps), max(width, 1)), np.nan)
+        for i, x in enumerate(steps):
+            table[i, : len(x)] = x
+        where = {k: i for i, k in enumerate(dkeys)}
+        own = np.array([where.get(k, -1) for k in keys], dtype=np.int64)
+        pooled_med = float(np.nanmedian(table)) if len(steps) else float("nan")
+        dmed = np.array([np.median(steps[j]) if j >= 0 else pooled_med for j in own])
+        ver = mine[mine["stage"] == "verify"]
+        vp = ver.pivot_table(index=["run_id", "sample_id"], columns="gamma", values="duration_ms", aggfunc="median")
+        vp = vp.reindex(index=pd.MultiIndex.from_tuples(keys) if keys else None)
+        gam = vp.columns.to_numpy(dtype=np.int64) if len(vp.columns) else np.zeros(0, np.int64)
+        vms = vp.to_numpy(dtype=float) if len(vp.columns) else np.zeros((len(keys), 0))
+        return RoleSamples(keys, piv.to_numpy(dtype=float), dkeys, table, np.array([len(x) for x in steps], np.int64),
+                           own, gam, vms, dmed)
+
+    # ------------------------------------------------------------------ contention
+    @cached_property
+    def contention_rows(self) -> pd.DataFrame:
+        """OK rows with peer activity / overlap inferred from ``start_ms`` where the trace
+        did not record them (schema 1.0); see :func:`egpt_sim.contention.infer_peer_activity`."""
+        return infer_peer_activity(self.ok_rows)
+
+    def simulated_concurrency(self, concurrency: str = "auto") -> str:
+        """``auto``: ``processes`` when any concurrent rows were measured with processes,
+        else ``streams`` (two threads of one process, as ``measure.executor`` runs them)."""
+        if concurrency != "auto":
+            return concurrency
+        r = self.ok_rows
+        present = set(r.loc[r["placement"] != "alone", "concurrency"].astype(str))
+        return next((c for c in ("processes", "streams") if c in present), "streams")
+
+    def contention_fit(self, placement: str = "shared_gpu", concurrency: str = "auto") -> Fit:
+        """What was measured: factors from ``placement`` rows of ``concurrency`` (cached)."""
+        concurrency = self.simulated_concurrency(concurrency)
+        key = ("fit", placement, concurrency)
+        if key not in self._cache:
+            self._cache[key] = fit_factors(self.contention_rows, placement, concurrency, self.label)
+        return self._cache[key]
+
+    def contention(self, placement: str = "shared_gpu", concurrency: str = "auto",
+                   missing: str = "pooled") -> ContentionModel:
+        """Contention model of one domain, every key resolved (see :mod:`egpt_sim.contention`).
+
+        ``placement="shared_gpu"``: same-GPU contention (one GPU). ``"separate_gpu"``:
+        host contention of two GPUs: fitted from ``separate_gpu`` rows when the models run
+        as threads (``streams``); 1.0 by rule for ``processes``. ``concurrency``: how the
+        simulated system runs the two models (``auto``: see :meth:`simulated_concurrency`).
+        ``missing``: ``SimConfig.contention_missing``. Raises :class:`TraceError` (one
+        line) when one GPU is asked for with no ``shared_gpu`` rows to fit or borrow from.
+        """
+        concurrency = self.simulated_concurrency(concurrency)
+        key = ("contention", placement, concurrency, missing)
         if key in self._cache:
             return self._cache[key]
-        if concurrency != "any":
-            shared = shared[shared["concurrency"] == concurrency]
-        factors: dict[tuple[str, str], float] = {}
-        gpu_stages = ("vision_encode", "prefill", "decode_step", "verify")
-        for role in schema.ROLES:
-            for stage in gpu_stages:
-                s = shared[(shared["role"] == role) & (shared["stage"] == stage)]["duration_ms"]
-                a = self._alone(role, stage)["duration_ms"]
-                if len(s) and len(a) and np.median(a) > 0:
-                    factors[(role, stage)] = max(1.0, float(np.median(s) / np.median(a)))
-        if not factors and placement == "shared_gpu":
-            raise TraceError(
-                f"{self.path}: column 'placement' has no 'shared_gpu' rows with peer_busy"
-                f"{'' if concurrency == 'any' else f' and concurrency {concurrency!r}'}; "
-                "cannot fit a one-GPU contention model (pass contention='none' to ignore contention)"
-            )
-        fallbacks = []
-        for role in schema.ROLES:
-            mine = [v for (r_, _), v in factors.items() if r_ == role]
-            default = factors.get((role, "decode_step"), float(np.median(mine)) if mine else 1.0)
-            for stage in gpu_stages:
-                if (role, stage) not in factors:
-                    factors[(role, stage)] = default
-                    fallbacks.append((role, stage))
-        how = placement if concurrency == "any" else f"{placement}/{concurrency}"
-        model = ContentionModel(factors, tuple(fallbacks), f"fitted from {how} rows of {self.label}")
+        domain = "gpu" if placement == "shared_gpu" else "host"
+        if domain == "host" and concurrency == "processes":
+            model = uniform_model(1.0, domain, "1.0 by rule: separate processes share no interpreter",
+                                  "processes: no host contention (rule)", missing)
+        else:
+            model = resolve(self.contention_fit(placement, concurrency), missing, domain)
         self._cache[key] = model
         return model
 

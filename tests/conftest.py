@@ -9,12 +9,17 @@ Fixtures (only add here, never rename — other test files use them):
                        same-GPU factors (session scope)
 * ``make_acceptance``  builds a valid ACCEPTANCE frame from per-block match lists
 * ``example_trace_dir`` a writable copy of the example trace-set folder (tmp_path)
+* ``peer_traces``      the example set's ``alone`` rows plus schema-1.1 contended rows
+                       whose factor depends on the peer's activity (``PEER_FACTORS``,
+                       one GPU) and host-contention rows (``HOST_FACTORS``, two GPUs as
+                       threads), with 2 % noise (session scope)
 """
 
 from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,3 +85,46 @@ def example_trace_dir(tmp_path):
     dst = tmp_path / "example_copy"
     shutil.copytree(resolve_trace_set(EXAMPLE_SET), dst)
     return dst
+
+
+# (role, stage, peer activity) -> slow-down; one below 1 (kept as measured)
+PEER_FACTORS = {
+    ("target", "vision_encode", "vision_encode"): 1.3, ("target", "vision_encode", "prefill"): 1.5,
+    ("target", "prefill", "prefill"): 1.4, ("target", "prefill", "decode_step"): 1.8,
+    ("target", "prefill", "vision_encode"): 1.2, ("target", "verify", "decode_step"): 1.6,
+    ("target", "decode_step", "decode_step"): 1.5,
+    ("drafter", "vision_encode", "vision_encode"): 1.3, ("drafter", "prefill", "prefill"): 1.5,
+    ("drafter", "prefill", "vision_encode"): 1.25, ("drafter", "decode_step", "prefill"): 2.5,
+    ("drafter", "decode_step", "verify"): 1.7, ("drafter", "decode_step", "decode_step"): 1.9,
+    ("drafter", "decode_step", "vision_encode"): 0.9,
+}
+HOST_FACTORS = {
+    ("target", "decode_step", "decode_step"): 1.6, ("target", "verify", "decode_step"): 1.3,
+    ("target", "prefill", "decode_step"): 1.1, ("drafter", "decode_step", "verify"): 1.4,
+    ("drafter", "decode_step", "decode_step"): 1.6, ("drafter", "decode_step", "prefill"): 1.2,
+}
+
+
+def _contended_rows(alone: pd.DataFrame, factors: dict, placement: str, rng) -> pd.DataFrame:
+    out = []
+    for (role, stage, peer), f in factors.items():
+        a = alone[(alone["role"] == role) & (alone["stage"] == stage)]
+        if stage == "decode_step":
+            a = a[a["step"] < 3]
+        a = a.copy()
+        a["duration_ms"] = a["duration_ms"] * f * rng.lognormal(0.0, 0.02, len(a))
+        out.append(a.assign(placement=placement, concurrency="streams", peer_busy=True, peer_activity=peer,
+                            overlap_frac=1.0, run_id=f"{placement}-run"))
+    return pd.concat(out, ignore_index=True)
+
+
+@pytest.fixture(scope="session")
+def peer_traces(example_traces) -> E.TraceSet:
+    st = example_traces.stage_timings
+    alone = st[st["placement"] == "alone"].copy()
+    alone["peer_activity"] = "none"
+    rng = np.random.default_rng(5)
+    rows = pd.concat([alone, _contended_rows(alone, PEER_FACTORS, "shared_gpu", rng),
+                      _contended_rows(alone, HOST_FACTORS, "separate_gpu", rng)], ignore_index=True)
+    meta = dict(example_traces.metadata) | {"label": "peer-dependent synthetic (not measured)"}
+    return E.TraceSet.from_frames(rows, example_traces.acceptance, meta, path="<peer traces>")

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import egpt_sim as E
 from egpt_sim import acceptance as A
 from egpt_sim.acceptance import (
     RUN_CAP,
@@ -274,6 +275,27 @@ def test_tokens_per_verify_is_one_plus_expected_accepted(alpha, gamma):
 
 def test_conditional_tail_rate():
     # last 2 positions of gamma 4: at i=2 at risk L >= 2: {4, 2, 3}, matched L > 2: {4, 3};
-    # at i=3 at risk {4, 3}, matched {4}
+    # at i=3 at risk {4, 3}, matched {4} -> 3 of 5. All positions: i=0 4 at risk, 3 matched;
+    # i=1 3/3; i=2 2/3; i=3 1/2 -> m = 9/12. Beta prior n0 = 4 centred on m, Jeffreys 1/2:
     b = _blocks([("r", "a", 0, 4, 4), ("r", "b", 0, 4, 2), ("r", "c", 0, 4, 3), ("r", "d", 0, 4, 0)])
-    assert A.conditional_tail_rate(b) == pytest.approx(3 / 5)
+    assert A.conditional_tail_rate(b) == pytest.approx((3 + 4 * 0.75 + 0.5) / (5 + 4 + 1))
+    assert A.conditional_tail_rate(b, prior_strength=0.0) == pytest.approx(3.5 / 6)
+
+
+def test_tail_rate_is_never_one_from_finite_data():
+    """Every block fully accepted (what acc-sigma0.03 has at its last positions): the tail
+    rate is shrunk below 1, more so with fewer blocks, never 1."""
+    rates = []
+    for n in (2, 8, 64):
+        b = _blocks([("r", f"s{i}", 0, 4, 4) for i in range(n)])
+        rates.append(A.conditional_tail_rate(b))
+    assert all(r < 1.0 for r in rates) and rates[0] < rates[1] < rates[2]
+    assert rates[0] == pytest.approx((4 + 4 * 1.0 + 0.5) / (4 + 4 + 1))
+    none = _blocks([("r", f"s{i}", 0, 4, 0) for i in range(5)])
+    assert 0.0 < A.conditional_tail_rate(none) < 0.2
+
+
+def test_bundled_sigma003_tail_rate_is_below_one():
+    ts = E.load_traces("h100/validation").with_acceptance_run("acc-sigma0.03")
+    src = A.make_source("trace", ts)
+    assert 0.8 < src.tail_alpha < 0.99

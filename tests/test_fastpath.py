@@ -219,3 +219,57 @@ def test_run_grid_inline_and_pool_match_simpy(traces):
     np.testing.assert_allclose(pool[num].to_numpy(float), fast[num].to_numpy(float)[:6], rtol=0, atol=0)
     with pytest.raises(ValueError):
         run_grid([], TRACES)
+
+
+# --------------------------------------------------------------------------- contention by peer activity
+
+
+def _same_on(traces, cfg: E.SimConfig, aggregate: bool = True) -> None:
+    bank = DrawBank(traces, cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
+    ref = E.simulate(cfg, traces, bank=bank).requests
+    got = simulate_fast(cfg, traces, bank=bank, aggregate=aggregate).requests
+    for c in FLOAT_COLS:
+        a, b = ref[c].to_numpy(float), got[c].to_numpy(float)
+        same = (np.abs(a - b) <= 1e-6) | (np.isnan(a) & np.isnan(b))
+        assert same.all(), f"{c} differs for {cfg}: simpy {a[~same][:3]}, fast {b[~same][:3]}"
+    for c in INT_COLS:
+        assert (ref[c].to_numpy() == got[c].to_numpy()).all(), f"{c} differs for {cfg}"
+
+
+@pytest.mark.parametrize("chunk", range(2))
+def test_peer_dependent_and_host_contention_match_simpy(peer_traces, chunk):
+    """Factors that depend on what the peer does (one GPU) and host contention (two GPUs as
+    threads): the fast path's rate tables equal gpu.contended_rate on the same draws."""
+    rng = random.Random(300 + chunk)
+    for _ in range(30):
+        cfg = E.SimConfig(
+            strategy=rng.choice(("prefill_then_verify", "parallel_sd", "adaptive_budget", "serial_sd")),
+            n_gpus=rng.choice((1, 2)), output_tokens=rng.choice((2, 5, 20, 45)), gamma=rng.choice((1, 3, 8, 16)),
+            acceptance=rng.choice(ACCEPTANCE), contention_scale=rng.choice((0.0, 1.0, 2.0)),
+            contention_missing=rng.choice(("pooled", "assume:1.0", "assume:1.7")),
+            drafter_speed=rng.choice((0.5, 1.0, 3.0)), include_cpu_stages=rng.choice((True, False)),
+            lookahead_blocks=rng.choice((1, 2)), n_requests=12, seed=rng.randrange(2))
+        _same_on(peer_traces, cfg, aggregate=rng.random() < 0.8)
+
+
+def test_host_contention_is_applied_on_two_gpus(peer_traces):
+    """Sanity of the case above: host contention makes two-GPU parallel_sd slower than with
+    host contention assumed away, on the same draws."""
+    cfg = E.SimConfig(strategy="parallel_sd", n_gpus=2, output_tokens=30, acceptance=0.6, n_requests=20)
+    with_host = simulate_fast(cfg, peer_traces).requests["latency_ms"]
+    no_host = simulate_fast(cfg.replace(contention_concurrency="processes"), peer_traces).requests["latency_ms"]
+    assert (with_host >= no_host - 1e-9).all() and with_host.mean() > 1.02 * no_host.mean()
+
+
+def test_inferred_peer_activity_set_matches_simpy():
+    """h100/fp16: schema-1.0 rows with peer activity inferred from start_ms (factors below 1
+    kept), per-sample replay of measured rows."""
+    ts = E.load_traces("h100/fp16")
+    rng = random.Random(17)
+    for _ in range(24):
+        cfg = E.SimConfig(
+            strategy=rng.choice(E.STRATEGY_NAMES), n_gpus=rng.choice((1, 2)),
+            output_tokens=rng.choice((1, 3, 17, 40)), gamma=rng.choice((2, 8, 16)),
+            acceptance=rng.choice((0.0, 0.5, 0.9, 1.0, CURVE)), drafter_speed=rng.choice((1.0, 2.0)),
+            n_requests=10, seed=rng.randrange(3))
+        _same_on(ts, cfg)

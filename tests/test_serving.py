@@ -36,7 +36,8 @@ from egpt_sim.serving import (
     run_serving,
     run_serving_sweep,
 )
-from egpt_sim.traces import ContentionModel, TraceSet
+from egpt_sim.contention import uniform_model
+from egpt_sim.traces import TraceSet
 
 TRACES = "example/seed_calibrated"
 
@@ -164,8 +165,7 @@ def test_measured_memory_columns_are_used(ts):
 
 def _run_two(same_role, roles):
     env = simpy.Environment()
-    gpu = SharedGpu(env, 0, ContentionModel({("target", "prefill"): 2.0, ("drafter", "prefill"): 2.0}),
-                    same_role)
+    gpu = SharedGpu(env, 0, uniform_model(2.0, "gpu", "test: every factor 2", "test"), same_role)
     ends = []
 
     def act(role):

@@ -1,0 +1,113 @@
+"""adaptive_budget may choose not to draft: budget 0 is target_only, and the rule counts the
+CPU lane, contention of the drafter on a shared GPU and the verify pass's overhead."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import egpt_sim as E
+from egpt_sim import closed_form as C
+from egpt_sim.fastpath import _plan, _source, simulate_fast
+from egpt_sim.runner import contention_for
+from egpt_sim.traces import bundled_trace_sets
+
+ALPHAS = (0.0, 0.3, 0.6, 0.9, 1.0)
+Z = 3.0  # one-sided Monte-Carlo bound on the paired mean difference (see the test)
+
+
+def _simulatable() -> list[str]:
+    out = []
+    for name in sorted(bundled_trace_sets()):
+        try:
+            E.load_traces(name).check_simulatable()
+        except E.TraceError:
+            continue
+        out.append(name)
+    return out
+
+
+def _budget(cfg, ts) -> int:
+    return int(_plan(cfg, ts, _source(cfg, ts), contention_for(cfg, ts))["window_budget"])
+
+
+@pytest.mark.parametrize("name", _simulatable())
+@pytest.mark.parametrize("n_gpus", [1, 2])
+def test_adaptive_budget_is_never_slower_than_target_only(name, n_gpus):
+    """Every simulatable bundled set, alpha in {0, .3, .6, .9, 1}, 1 and 2 GPUs, 50 tokens.
+
+    Tolerance: the paired differences d = adaptive - target_only (same draws) have Monte-Carlo
+    standard error sd(d) / sqrt(n); the budget comes from *expected* latencies, so the
+    simulated mean may exceed target_only's only by sampling noise: mean(d) <= 3 se (a
+    one-sided 3-sigma bound, 0.13 % false alarms if the true difference were 0; it is 0
+    exactly when the budget is 0)."""
+    assert len(_simulatable()) >= 4  # fp16, 4bit, validation, example
+    ts = E.load_traces(name)
+    for alpha in ALPHAS:
+        cfg = E.SimConfig(strategy="adaptive_budget", n_gpus=n_gpus, output_tokens=50, gamma=8,
+                          acceptance=alpha, n_requests=600, seed=1)
+        r = simulate_fast(cfg, ts).requests
+        d = r["latency_ms"] - r["baseline_latency_ms"]
+        se = d.std(ddof=1) / math.sqrt(len(d))
+        assert d.mean() <= Z * se, (name, n_gpus, alpha, d.mean(), se)
+        if _budget(cfg, ts) == 0:
+            assert (d == 0).all() and (r["drafted_tokens"] == 0).all()
+    # at alpha = 0 no draft can pay for the drafter: it is never started
+    assert _budget(cfg.replace(acceptance=0.0), ts) == 0
+
+
+def test_budget_zero_is_exactly_target_only(example_traces):
+    cfg = E.SimConfig(strategy="adaptive_budget", n_gpus=1, output_tokens=20, acceptance=0.0, n_requests=6)
+    assert _budget(cfg, example_traces) == 0
+    res = E.simulate(cfg, example_traces, timeline=True, n_timeline_requests=6)
+    base = E.simulate(cfg.replace(strategy="target_only"), example_traces)
+    pd.testing.assert_series_equal(res.requests["latency_ms"], base.requests["latency_ms"])
+    assert (res.requests["drafted_tokens"] == 0).all() and res.requests["drafter_prefill_end_ms"].isna().all()
+    assert (res.timeline["actor"] == "target").all()  # the drafter never ran: no contention
+    fast = simulate_fast(cfg, example_traces).requests
+    pd.testing.assert_frame_equal(fast, res.requests, check_exact=False, rtol=0, atol=1e-9)
+
+
+def test_verify_overhead_can_make_drafting_not_worth_it(constant_times):
+    """Two GPUs, every draft accepted: worth it when a verify pass costs about a decode step,
+    not when it costs far more than the decode steps it saves (V(k) - D > k D)."""
+    cheap = C.constant_trace_set(**constant_times, acceptance_alpha=1.0)
+    dear = C.constant_trace_set(**(constant_times | {"verify_ms_by_gamma": {1: 400.0, 16: 400.0}}),
+                                acceptance_alpha=1.0, label="dear")
+    cfg = E.SimConfig(strategy="adaptive_budget", n_gpus=2, gamma=4, output_tokens=30, acceptance=1.0, n_requests=3)
+    assert _budget(cfg, cheap) == 4
+    assert _budget(cfg, dear) == 0
+    r = E.simulate(cfg, dear).requests
+    assert (r["latency_ms"] == r["baseline_latency_ms"]).all()
+
+
+def test_shared_gpu_contention_of_the_drafter_is_counted(constant_times):
+    """A drafter prefill of 200 ms overlaps the target's GPU stages (which start at 76 ms,
+    after both roles' CPU stages) and slows them x4 on one GPU: at alpha = 0.6 drafting
+    pays on two GPUs but not on one."""
+    heavy = {("target", "prefill"): 4.0, ("target", "vision_encode"): 4.0,
+             ("drafter", "prefill"): 1.0, ("drafter", "decode_step"): 1.0}
+    ts = C.constant_trace_set(**(constant_times | {"shared_factors": heavy, "drafter_phase_ms": (2.0, 2.0, 4.0, 200.0)}),
+                              acceptance_alpha=0.5)
+    cfg = E.SimConfig(strategy="adaptive_budget", gamma=8, output_tokens=40, acceptance=0.6, n_requests=200)
+    assert _budget(cfg.replace(n_gpus=2), ts) > 0
+    assert _budget(cfg.replace(n_gpus=1), ts) == 0
+    one = simulate_fast(cfg.replace(n_gpus=1), ts).requests
+    assert (one["latency_ms"] == one["baseline_latency_ms"]).all()
+    ptv = simulate_fast(cfg.replace(n_gpus=1, strategy="prefill_then_verify"), ts).requests
+    assert ptv["latency_ms"].mean() > ptv["baseline_latency_ms"].mean()  # drafting would have hurt
+
+
+def test_budget_is_decided_at_request_start(example_traces):
+    """One budget per scenario from expected quantities: the same cap for every request, and
+    its expected latency is the lowest of all budgets (ties: the smaller budget)."""
+    cfg = E.SimConfig(strategy="adaptive_budget", n_gpus=1, output_tokens=40, gamma=8, acceptance=0.9, n_requests=80)
+    plan = _plan(cfg, example_traces, _source(cfg, example_traces), contention_for(cfg, example_traces))
+    b, exp = plan["window_budget"], plan["expected_latency_ms"]
+    assert 0 < b <= 8 and exp[b] == min(exp.values()) and exp[b] < exp[0]
+    r = simulate_fast(cfg, example_traces).requests
+    assert (r["window_drafts"] <= b).all() and r["window_drafts"].max() == b
+    assert np.mean(r["latency_ms"]) == pytest.approx(exp[b], rel=0.02)  # expectation vs simulation

@@ -1,0 +1,202 @@
+"""Contention keyed by (role, stage, peer activity): fitting, provenance, missing factors,
+peer activity inferred from start_ms, host contention, and the rate model in both engines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import egpt_sim as E
+from egpt_sim import closed_form as C
+from egpt_sim.contention import ContentionModel, infer_peer_activity, measured_stage
+from egpt_sim.fastpath import simulate_fast
+from egpt_sim.runner import contention_for
+
+META = {"schema_version": "1.1", "label": "hand", "runs": {"alone": {"source": "synthetic"},
+                                                           "shared": {"source": "synthetic"}}}
+
+
+def _row(run, sample, role, stage, ms, placement="alone", peer="none", overlap=np.nan, gamma=0, step=0,
+         start=np.nan, concurrency=None):
+    return dict(run_id=run, sample_id=sample, role=role, stage=stage, step=step, duration_ms=float(ms),
+                prompt_tokens=100, kv_tokens=100, query_tokens=1, gamma=gamma, frames=1, placement=placement,
+                concurrency=concurrency or ("none" if placement == "alone" else "streams"),
+                peer_busy=peer != "none", start_ms=start, status="ok", peer_activity=peer, overlap_frac=overlap)
+
+
+def _traces(rows) -> E.TraceSet:
+    return E.TraceSet.from_frames(pd.DataFrame(rows), None, META, "<hand>")
+
+
+def _two_activity_rows(noise=(1.0, 1.0)):
+    """Two samples; alone 10 / 20 ms decode steps; with the peer decoding, the target takes
+    1.5x (15 / 30 ms) and the drafter 0.9x (9 / 18 ms)."""
+    rows = []
+    for s, base in (("a", 10.0), ("b", 20.0)):
+        for role in ("target", "drafter"):
+            rows += [_row("alone", s, role, "decode_step", base, step=i) for i in range(3)]
+        rows += [_row("shared", s, "target", "decode_step", 1.5 * base, "shared_gpu", "decode_step", 1.0, step=i)
+                 for i in range(3)]
+        rows += [_row("shared", s, "drafter", "decode_step", 0.9 * base, "shared_gpu", "decode_step", 1.0, step=i)
+                 for i in range(3)]
+    return rows
+
+
+def test_hand_computed_factors_and_factor_below_one_kept():
+    model = _traces(_two_activity_rows()).contention("shared_gpu", missing="assume:1.0")
+    assert model.contention_factor("target", "decode_step", "decode_step") == pytest.approx(1.5)
+    assert model.contention_factor("drafter", "decode_step", "decode_step") == pytest.approx(0.9)  # not clamped
+    # a draft step is measured as a drafter decode_step, as the peer activity too
+    assert model.contention_factor("drafter", "draft_step", "decode_step") == pytest.approx(0.9)
+    assert model.contention_factor("target", "decode_step", "draft_step") == pytest.approx(1.5)
+    t = model.table().set_index(["role", "stage", "peer_activity"])
+    row = t.loc[("target", "decode_step", "decode_step")]
+    assert row["measured"] and row["basis"] == "measured" and row["n_rows"] == 6
+    assert row["ci_low"] <= 1.5 <= row["ci_high"]
+    assert "same sample" in row["note"]
+    # everything else was not measured: labelled with the user's assumption
+    other = t.drop(index=[("target", "decode_step", "decode_step"), ("drafter", "decode_step", "decode_step")])
+    assert not other["measured"].any() and (other["contention_factor"] == 1.0).all()
+    assert other["note"].str.contains("assume:1.0").all()
+    assert "2 of 24 factors measured" in model.header()
+    # no peer: rate 1 whatever the table says
+    assert model.contention_factor("target", "decode_step", "none") == 1.0
+
+
+def test_factor_is_a_ratio_of_medians_over_matched_references():
+    rows = [_row("alone", s, "target", "prefill", a) for s, a in (("a", 10.0), ("b", 20.0), ("c", 40.0))]
+    rows += [_row("shared", s, "target", "prefill", b, "shared_gpu", "decode_step", 1.0)
+             for s, b in (("a", 12.0), ("b", 36.0), ("c", 44.0))]
+    f = _traces(rows).contention_fit("shared_gpu").by_peer[("target", "prefill", "decode_step")]
+    assert f.value == pytest.approx(np.median([12, 36, 44]) / np.median([10, 20, 40]))  # 36 / 20
+    assert f.n_rows == 3 and f.ci_low <= f.value <= f.ci_high
+
+
+def test_same_run_idle_rows_are_the_preferred_reference():
+    """The run itself drifted (idle rows 12 ms vs 10 ms alone): the factor is against the
+    same run's rows with the peer idle."""
+    rows = []
+    for s in "abc":
+        rows += [_row("alone", s, "target", "decode_step", 10.0, step=i) for i in range(2)]
+        rows += [_row("shared", s, "target", "decode_step", 12.0, "shared_gpu", "none", 0.0, step=i) for i in range(2)]
+        rows += [_row("shared", s, "target", "decode_step", 18.0, "shared_gpu", "decode_step", 1.0, step=2 + i)
+                 for i in range(2)]
+    fit = _traces(rows).contention_fit("shared_gpu")
+    f = fit.by_peer[("target", "decode_step", "decode_step")]
+    assert f.value == pytest.approx(1.5) and "same run" in f.note
+    assert "x1.20 of alone" in fit.drift
+
+
+def test_verify_is_matched_by_gamma_and_full_overlap_rows_preferred():
+    rows = []
+    for s in "abc":
+        rows += [_row("alone", s, "target", "verify", 10.0, gamma=1), _row("alone", s, "target", "verify", 20.0, gamma=8)]
+        rows += [_row("shared", s, "target", "verify", 30.0, "shared_gpu", "decode_step", 1.0, gamma=8)]
+        rows += [_row("shared", s, "target", "verify", 100.0, "shared_gpu", "decode_step", 0.5, gamma=8)]  # partial
+    f = _traces(rows).contention_fit("shared_gpu").by_peer[("target", "verify", "decode_step")]
+    assert f.value == pytest.approx(1.5)  # 30 / 20 (gamma 8), not 30 / 15, partial rows left out
+    assert f.n_rows == 3 and "overlap >= 0.95" in f.note
+
+
+def test_missing_factor_policies():
+    ts = _traces(_two_activity_rows())
+    with pytest.raises(ValueError) as ei:
+        ts.contention("shared_gpu", missing="error")
+    assert "was not measured" in str(ei.value) and "\n" not in str(ei.value)
+    pooled = ts.contention("shared_gpu", missing="pooled")
+    # target verify beside decode_step: borrowed from the sibling token pass, labelled
+    f = pooled.factors[("target", "verify", "decode_step")]
+    assert not f.measured and f.value == pytest.approx(1.5) and "decode_step beside decode_step" in f.note
+    assert "contention_missing='pooled'" in pooled.header()
+    cfg = E.SimConfig(strategy="prefill_then_verify", contention_missing="assume:1.25")
+    assert cfg.contention_missing == "assume:1.25"
+    for bad in ("bogus", "assume:", "assume:-1", "assume:0"):
+        with pytest.raises(ValueError, match="contention_missing"):
+            E.SimConfig(contention_missing=bad)
+
+
+def test_schema_10_rows_without_start_ms_give_any_peer_factors(constant_traces, constant_times):
+    """peer_activity 'busy' and no start_ms: the (role, stage) factor stands for every peer
+    activity, labelled 'measured (any peer)'."""
+    m = constant_traces.contention("shared_gpu")
+    for peer in ("vision_encode", "prefill", "decode_step"):
+        assert m.contention_factor("target", "prefill", peer) == pytest.approx(1.5)
+        assert m.factors[("target", "prefill", peer)].basis == "measured (any peer)"
+    # (target, verify) was never measured: assumed (pooled), never silently measured
+    assert not m.factors[("target", "verify", "decode_step")].measured
+
+
+def test_peer_activity_is_inferred_from_start_ms():
+    """Schema 1.0 rows: the target's prefill (0-100 ms) overlaps the drafter's prefill for
+    30 ms and its draft steps for 70 ms -> peer 'decode_step', fully covered."""
+    rows = [_row("shared", "a", "target", "prefill", 100.0, "shared_gpu", "busy", start=0.0),
+            _row("shared", "a", "drafter", "prefill", 30.0, "shared_gpu", "busy", start=0.0)]
+    rows += [_row("shared", "a", "drafter", "decode_step", 30.0, "shared_gpu", "busy" if i < 2 else "none",
+                  start=30.0 + 30 * i, step=i) for i in range(3)]
+    df = pd.DataFrame(rows)
+    df["overlap_frac"] = np.nan
+    out = infer_peer_activity(df).set_index(["role", "stage", "step"])
+    assert out.loc[("target", "prefill", 0), "peer_activity"] == "decode_step"
+    assert out.loc[("target", "prefill", 0), "overlap_frac"] == pytest.approx(1.0)
+    assert out.loc[("drafter", "prefill", 0), "peer_activity"] == "prefill"
+    # the last step overlaps the target for 10 of 30 ms: stays idle (peer_busy False), overlap kept
+    assert out.loc[("drafter", "decode_step", 2), "peer_activity"] == "none"
+    assert out.loc[("drafter", "decode_step", 2), "overlap_frac"] == pytest.approx(1 / 3)
+    assert out["peer_inferred"].sum() == 4
+
+
+def test_bundled_fp16_factors_depend_on_the_peer_activity():
+    m = E.load_traces("h100/fp16").contention("shared_gpu", "processes")
+    t = m.table()
+    assert {"peer_activity", "measured", "basis", "n_rows", "ci_low", "ci_high"} <= set(t.columns)
+    beside_prefill = m.factors[("drafter", "decode_step", "prefill")]
+    beside_verify = m.factors[("drafter", "decode_step", "verify")]
+    assert beside_prefill.measured and beside_verify.measured and beside_prefill.value != beside_verify.value
+    assert beside_prefill.n_rows >= 30 and beside_verify.n_rows >= 30
+    assert "inferred from start_ms" in m.source and "run drift" in m.source
+    assert (t["contention_factor"] < 1).any()  # measured factors below 1 are kept
+
+
+@pytest.mark.parametrize("factor_peer,expected_ttft", [("decode_step", 622.0), ("prefill", 612.0)])
+@pytest.mark.parametrize("n_gpus", [1, 2])
+def test_rate_model_reproduces_a_hand_computed_timeline(constant_times, factor_peer, expected_ttft, n_gpus):
+    """Target prefill x2 while the drafter *decodes*, 1.0 otherwise (assumed). Timeline: drafter
+    CPU 0-4, vision 4-8, prefill 8-60, steps 60-80, 80-100, 100-120 (budget 4); target CPU
+    4-76 (CPU lane), vision 76-100, prefill from 100: half speed during 100-120 beside the
+    third step, so 512 ms of work end at 622. Keyed on a peer *prefill*, the step does not slow
+    it: 612. One GPU (GPU contention) and two GPUs (host contention), both engines."""
+    key = {("target", "prefill", factor_peer): 2.0}
+    kw = {"peer_factors": key} if n_gpus == 1 else {"host_factors": key}
+    ts = C.constant_trace_set(**(constant_times | {"shared_factors": None}), acceptance_alpha=0.5, **kw)
+    cfg = E.SimConfig(strategy="prefill_then_verify", n_gpus=n_gpus, gamma=4, output_tokens=10, acceptance=1.0,
+                      n_requests=3, contention_missing="assume:1.0")
+    ref, got = E.simulate(cfg, ts), simulate_fast(cfg, ts)
+    assert (ref.requests["ttft_ms"] == expected_ttft).all()
+    np.testing.assert_allclose(got.requests["latency_ms"], ref.requests["latency_ms"], rtol=0, atol=1e-9)
+    assert ref.contention.domain == ("gpu" if n_gpus == 1 else "host")
+
+
+def test_host_contention_defaults_and_provenance(example_traces):
+    """No separate_gpu rows: two-GPU predictions assume 1.0, labelled; processes: 1.0 by rule;
+    'error' refuses; every result carries its contention provenance."""
+    cfg = E.SimConfig(strategy="parallel_sd", n_gpus=2, output_tokens=10, acceptance=0.5, n_requests=3)
+    res = E.simulate(cfg, example_traces)
+    assert res.contention.domain == "host" and res.contention.is_trivial
+    assert "not measured" in res.contention_header and "assumed 1.0" in res.contention_header
+    assert res.summary()["contention"] == res.contention_header
+    procs = contention_for(cfg.replace(contention_concurrency="processes"), example_traces)
+    assert procs.is_trivial and "rule" in procs.header()
+    with pytest.raises(ValueError, match="not measured"):
+        contention_for(cfg.replace(contention_missing="error"), example_traces)
+    one = E.simulate(cfg.replace(n_gpus=1), example_traces)
+    assert one.contention.domain == "gpu" and "measured" in one.contention_header
+    none = E.simulate(cfg.replace(strategy="target_only"), example_traces)
+    assert none.contention.domain == "none" and "not applicable" in none.contention_header
+    assert isinstance(one.contention, ContentionModel) and len(one.contention.table()) == 24
+
+
+def test_activity_names_map_in_one_place():
+    assert measured_stage("draft_step") == "decode_step"
+    for s in ("vision_encode", "prefill", "decode_step", "verify"):
+        assert measured_stage(s) == s
