@@ -23,7 +23,7 @@ SD_STRATEGIES = ("serial_sd", "prefill_then_verify", "parallel_sd", "adaptive_bu
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with defaults in ``--help`` and one-line usage errors (exit 2)."""
 
     def __init__(self, *args, **kw):
@@ -335,7 +335,7 @@ def cmd_make_example(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="egpt-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="egpt-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def command(name: str, doc: str, fn):

@@ -158,7 +158,7 @@ def test_strategy_speedups_bars(example_traces):
     fig = plots.plot_strategy_speedups(summary, caption=CAP)
     ax = fig.axes[0]
     assert len(ax.patches) == 4
-    assert sorted(round(p.get_height(), 6) for p in ax.patches) == sorted(round(v, 6) for v in summary["speedup_of_means"])
+    assert sorted(round(p.get_height(), 6) for p in ax.patches) == sorted(round(v, 6) for v in summary["speedup"])
 
 
 def test_required_acceptance_marks_unreachable():

@@ -53,7 +53,7 @@ def test_report_numbers_come_from_the_data(built, example_traces):
         row = next(line for line in text.splitlines() if line.startswith("| Stage 4: LLM prefill"))
         assert row.split("|")[col + 1].strip() == f"{d.median():.1f} ± {iqr:.1f} ms"
     match_rate = example_traces.acceptance["matched"].mean()
-    assert f"| Per-token match rate | {match_rate:.3f} |" in text
+    assert f"| Per-token match rate (acceptance run seed-calibrated-example) | {match_rate:.3f} |" in text
     prefix = example_traces.acceptance.groupby(["sample_id", "verify_id"])["accepted_len"].first().mean()
     assert f"{prefix:.2f} of 16 drafts" in text
     tokens = int(alone[(alone["role"] == "target") & (alone["stage"] == "prefill")]["prompt_tokens"].median())
@@ -147,12 +147,13 @@ def test_speedup_sweep_is_exactly_the_requested_grid(example_traces):
     sw = R.speedup_sweep(example_traces, ["parallel_sd"], output_tokens=[10], acceptance=[0.0, 1.0], n_gpus=[2],
                          n_requests=3, gamma=4)
     assert len(sw) == 2 * 2 and set(sw["strategy"]) == {"target_only", "parallel_sd"}
-    assert (sw["gamma"] == 4).all() and (sw["speedup_of_means"] > 0).all()
+    assert (sw["gamma"] == 4).all() and (sw["speedup"] > 0).all() and "speedup_of_means" not in sw.columns
 
 
-def test_break_even_table():
+@pytest.mark.parametrize("column", ["speedup", "speedup_of_means"])  # the second: a sweep file from before the rename
+def test_break_even_table(column):
     sweep = pd.DataFrame({"strategy": ["s"] * 3 + ["target_only"], "n_gpus": [1] * 4, "output_tokens": [10] * 4,
-                          "acceptance": [0.0, 0.5, 1.0, 0.0], "speedup_of_means": [0.9, 1.05, 1.2, 1.0]})
+                          "acceptance": [0.0, 0.5, 1.0, 0.0], column: [0.9, 1.05, 1.2, 1.0]})
     be = R.break_even_table(sweep)
     assert len(be) == 1 and be["break_even_alpha"].item() == 0.5 and be["max_speedup"].item() == 1.2
     assert np.isnan(R.break_even_table(sweep, threshold=2.0)["break_even_alpha"].item())
