@@ -181,6 +181,9 @@ def best_with_margins(sweep: pd.DataFrame, traces: TraceSet, engine: str = "auto
         bank = banks.setdefault(key, draw_bank(cfgs[0], traces))
         ra, rb = (fn(c, traces, bank=bank).requests for c in cfgs)
         diff, h = paired_speedup_difference(ra["baseline_latency_ms"], ra["latency_ms"], rb["latency_ms"], z)
+        if not math.isclose(diff, b["margin"], rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"best_with_margins: re-simulated margin {diff:.6g} differs from the sweep's {b['margin']:.6g} "
+                             f"(cell {dict((k, b[k]) for k in by)}): was the sweep run on other traces?")
         half.append(h)
         tie.append(bool(abs(diff) <= h))
     return best.assign(margin_ci=half, tie=tie)
