@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out/timeline.png", help="figure file; no suffix = .png")
     s = command("plan", "minimum i.i.d. per-token acceptance alpha reaching a target speedup (bisection)", cmd_plan)
     _traces_opt(s)
-    s.add_argument("--speedup", type=POSITIVE_FLOAT, default=1.5, help="target speedup vs target_only (> 0, e.g. 1.05)")
+    s.add_argument("--speedup", type=POSITIVE_FLOAT, default=1.05, help="target speedup vs target_only (> 0)")
     s.add_argument("--lengths", type=INT_LIST, default="20,50,100", help="answer lengths, tokens, comma-separated")
     s.add_argument("--gpus-list", type=INT_LIST, default="1,2", help="GPU counts, comma-separated")
     s.add_argument("--strategy", type=PLAN_STRATEGIES, default="prefill_then_verify",
