@@ -236,14 +236,24 @@ def cmd_sweep(a) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out, index=False)
     best = best_with_margins(df, ts, engine=a.engine)
-    best["cell"] = best.apply(format_winner, axis=1)
+    mark = _printable("≈", "~=")
+    best["cell"] = best.apply(format_winner, axis=1, tie_mark=mark)
     n_tie = int(best["tie"].sum())
     print(f"traces: {ts.provenance()}\nacceptance: i.i.d. per-token match rate alpha per row (assumed, not measured)\n"
           f"wrote {len(df)} scenarios to {out}\n"
           "best strategy per cell (lowest mean latency): strategy, speedup, +margin over the runner-up in speedup;\n"
-          f"'≈' = tie: the margin is inside the 95 % paired Monte-Carlo interval ({n_tie} of {len(best)} cells)")
+          f"'{mark}' = tie: the margin is inside the 95 % paired Monte-Carlo interval ({n_tie} of {len(best)} cells)")
     print(best.pivot_table(index=["n_gpus", "acceptance"], columns="output_tokens", values="cell", aggfunc="first").to_string())
     return 0
+
+
+def _printable(text: str, fallback: str) -> str:
+    """``text`` if stdout can encode it (a UTF-8 terminal), else ``fallback``."""
+    try:
+        text.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return fallback
+    return text
 
 
 def figure_path(out: str) -> Path:

@@ -162,6 +162,9 @@ def _config_of(row: pd.Series) -> SimConfig:
     return SimConfig(**kw)
 
 
+TIE_ATOL = 1e-9  # speed-up differences below this are float rounding, not a lead
+
+
 def best_with_margins(sweep: pd.DataFrame, traces: TraceSet, engine: str = "auto", z: float = 1.96,
                       by: Sequence[str] = ("n_gpus", "output_tokens", "acceptance"), **kw) -> pd.DataFrame:
     """:func:`best_strategy` plus ``margin_ci`` (half width of the ``z`` paired Monte-Carlo
@@ -185,14 +188,14 @@ def best_with_margins(sweep: pd.DataFrame, traces: TraceSet, engine: str = "auto
             raise ValueError(f"best_with_margins: re-simulated margin {diff:.6g} differs from the sweep's {b['margin']:.6g} "
                              f"(cell {dict((k, b[k]) for k in by)}): was the sweep run on other traces?")
         half.append(h)
-        tie.append(bool(abs(diff) <= h))
+        tie.append(bool(abs(diff) <= h + TIE_ATOL))  # identical latencies differ by float rounding only
     return best.assign(margin_ci=half, tie=tie)
 
 
-def format_winner(row: pd.Series) -> str:
+def format_winner(row: pd.Series, tie_mark: str = "≈") -> str:
     """One cell of the winners table: ``strategy 1.012 +0.008``, or for a tie (the margin over
     the runner-up is inside its Monte-Carlo interval) ``≈ strategy / runner-up 1.002 +0.001``."""
     margin = "" if pd.isna(row.get("margin")) else f" +{row['margin']:.3f}"
     if bool(row.get("tie", False)):
-        return f"≈ {row['strategy']} / {row['runner_up']} {row[SPEEDUP]:.3f}{margin}"
+        return f"{tie_mark} {row['strategy']} / {row['runner_up']} {row[SPEEDUP]:.3f}{margin}"
     return f"{row['strategy']} {row[SPEEDUP]:.3f}{margin}"

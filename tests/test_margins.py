@@ -69,3 +69,12 @@ def test_a_single_strategy_cell_has_no_runner_up():
                        "latency_mean_ms": [100.0], "speedup_of_means": [1.1]})  # a pre-rename sweep row
     b = best_strategy(df).iloc[0]
     assert b["runner_up"] is None and np.isnan(b["margin"]) and b["speedup"] == 1.1
+
+
+def test_identical_latencies_are_a_tie_despite_float_rounding(example_traces):
+    cfgs = factorial(E.SimConfig(n_requests=5, acceptance=0.0, n_gpus=2),
+                     {"strategy": ["target_only", "prefill_then_verify", "parallel_sd", "adaptive_budget"],
+                      "output_tokens": [5, 20, 50, 100]})
+    best = best_with_margins(run_sweep(cfgs, example_traces, progress=False), example_traces)
+    # nothing is accepted and the drafter has its own GPU: every strategy takes target_only's time
+    assert (best["margin"].abs() < 1e-12).all() and best["tie"].all()
