@@ -1,10 +1,12 @@
 """CLI commands print real tables / write files, and fail with one-line errors."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import egpt_sim as E
 from egpt_sim.cli import main
+from egpt_sim.config import STRATEGY_NAMES
 
 EX = ["--traces", "example/seed_calibrated"]
 
@@ -105,7 +107,7 @@ def test_bare_predict_works_and_labels_its_default_acceptance(capsys):
     else:
         assert "acceptance: replay of the recorded verifications" in out
     header = next(ln.split() for ln in out.splitlines() if ln.split()[:1] == ["strategy"])
-    assert "speedup" in header and len(out.splitlines()) > len(E.config.STRATEGY_NAMES)
+    assert "speedup" in header and len(out.splitlines()) > len(STRATEGY_NAMES)
 
 
 def test_predict_header_shows_contention_measured_vs_assumed(capsys, example_traces):
@@ -196,3 +198,14 @@ def test_sweep_writes_speedup_column_and_prints_margins(tmp_path, capsys):
     assert "≈ target_only / " in text  # alpha = 0 on 2 GPUs: speculation changes nothing, a tie with the baseline
     df.rename(columns={"speedup": "speedup_of_means"}).to_parquet(tmp_path / "old.parquet")  # a file from before
     pd.testing.assert_series_equal(read_sweep(tmp_path / "old.parquet")["speedup"], df["speedup"])
+
+
+def test_required_acceptance_rejects_meaningless_inputs(example_traces):
+    from egpt_sim.planning import required_acceptance
+
+    with pytest.raises(ValueError, match="target_speedup must be a finite number > 0"):
+        required_acceptance(example_traces, -1.0, 10, 2, n_requests=3)
+    with pytest.raises(ValueError, match="'target_only' verifies no drafts"):
+        required_acceptance(example_traces, 1.05, 10, 2, strategy="target_only", n_requests=3)
+    row = required_acceptance(example_traces, 50.0, 10, 2, strategy="parallel_sd", n_requests=3)
+    assert np.isnan(row["level"]) and np.isnan(row["mean_accepted_prefix_at_gamma"])  # the column is always there
