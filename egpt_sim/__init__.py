@@ -18,7 +18,7 @@ _EXPORTS = {
     "SCHEMA_VERSION": "schema", "TraceError": "schema",
     "ContentionModel": "contention", "TraceSet": "traces", "bundled_trace_sets": "traces",
     "resolve_trace_set": "traces",
-    "simulate_fast": "fastpath", "run_sweep": "sweep", "required_acceptance": "planning",
+    "simulate_fast": "fastpath", "run_sweep": "sweep", "read_sweep": "sweep", "required_acceptance": "planning",
     "ServingConfig": "serving", "run_serving": "serving",
 }
 

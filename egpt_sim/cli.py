@@ -1,75 +1,222 @@
 """Command line: ``egpt-sim predict | sweep | timeline | plan | traces | make-example``.
 
 Each command parses arguments, calls the library, prints a table or writes a file.
+Bad input ends in one line on stderr naming the option, file or field: exit 2 for a
+usage error or unusable input, 1 for a file that cannot be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from . import labels
 from .config import STRATEGY_NAMES, SimConfig
 
+SD_STRATEGIES = ("serial_sd", "prefill_then_verify", "parallel_sd", "adaptive_budget")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
-def _acceptance(value: str):
-    if value == "trace":
-        return value
-    if "," in value:
-        return tuple(float(v) for v in value.split(","))
-    return float(value)
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with defaults in ``--help`` and one-line usage errors (exit 2)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kw)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _type(fn, what: str):
+    """An argparse type from ``fn`` whose ValueError text becomes the one-line message."""
+    def parse(text: str):
+        try:
+            return fn(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc) or f"{text!r} is not {what}") from None
+    parse.__name__ = what
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise ValueError(f"must be >= 1 (got {v})")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"must be a finite number > 0 (got {text})")
+    return v
+
+
+def _int_list(text: str) -> list[int]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{text!r}: give comma-separated integers, e.g. 20,50,100")
+    return [_positive_int(t) for t in items]
+
+
+def _strategy_list(text: str, allowed=STRATEGY_NAMES) -> list[str]:
+    if text == "all":
+        return list(allowed)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in allowed]
+    baseline = [n for n in unknown if n in STRATEGY_NAMES]
+    if baseline:
+        raise ValueError(f"{baseline[0]!r} verifies no drafts, so no acceptance changes its speedup; "
+                         f"choose 'all' or a comma list of {list(allowed)}")
+    if unknown or not names:
+        raise ValueError(f"unknown strategy {unknown[0] if unknown else text!r}; choose 'all' or a comma list of {list(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def _contention_missing(text: str) -> str:
+    if text == "error" or (text.startswith("assume:") and _positive_float(text.split(":", 1)[1])):
+        return text
+    raise ValueError(f"{text!r}: use 'error' or 'assume:<factor>', e.g. assume:1.5")
+
+
+POSITIVE_INT = _type(_positive_int, "a positive integer")
+POSITIVE_FLOAT = _type(_positive_float, "a positive number")
+INT_LIST = _type(_int_list, "a comma list of positive integers")
+STRATEGIES = _type(_strategy_list, "a strategy list")
+PLAN_STRATEGIES = _type(lambda t: _strategy_list(t, SD_STRATEGIES), "a speculative strategy list")
+ACCEPTANCE = _type(labels.parse_acceptance, "an acceptance")
+CONTENTION_MISSING = _type(_contention_missing, "a contention-missing policy")
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _traces_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--traces", default=None,
+                   help="trace-set folder or bundled name (`egpt-sim traces` lists them); None = h100/fp16 if bundled, "
+                        "else example/seed_calibrated")
+
+
+def _sim_opts(p: argparse.ArgumentParser, requests: int = 200) -> None:
+    p.add_argument("--gamma", type=POSITIVE_INT, default=8, help="max drafts per verification (and window budget)")
+    p.add_argument("--requests", type=POSITIVE_INT, default=requests, help="simulated requests per scenario")
+    p.add_argument("--seed", type=int, default=0, help="root random seed (common random numbers across strategies)")
+    p.add_argument("--contention-missing", type=CONTENTION_MISSING, default=None,
+                   help="same-GPU contention factors not measured in the trace set: 'error' or 'assume:<factor>' "
+                        "(passed to SimConfig.contention_missing; None = its default)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--traces", default=None, help="trace-set folder or bundled name (default: bundled H100 set, else example)")
-    p.add_argument("--output-tokens", type=int, default=50, help="answer length, tokens")
-    p.add_argument("--gamma", type=int, default=8, help="max drafts per verification (and window budget)")
-    p.add_argument("--gpus", type=int, default=1, help="1 = shared GPU (contention), 2+ = separate GPUs")
-    p.add_argument("--acceptance", type=_acceptance, default="trace",
-                   help="'trace' (replay), a per-token rate alpha, or comma-separated conditional rates")
+    _traces_opt(p)
+    p.add_argument("--output-tokens", type=POSITIVE_INT, default=50, help="answer length, tokens")
+    p.add_argument("--gpus", type=POSITIVE_INT, default=1, help="1 = shared GPU (fitted contention), 2+ = separate GPUs")
+    p.add_argument("--acceptance", type=ACCEPTANCE, default="auto", help=labels.ACCEPTANCE_HELP)
     p.add_argument("--acceptance-run", default=None,
-                   help="with --acceptance trace: replay only this acceptance run_id (default: all runs pooled)")
-    p.add_argument("--requests", type=int, default=200, help="simulated requests")
-    p.add_argument("--seed", type=int, default=0)
+                   help="replay only this recorded acceptance run_id (needs trace replay); None = all runs pooled, announced")
+    _sim_opts(p)
+
+
+def _sim_kwargs(a) -> dict:
+    """SimConfig keyword arguments shared by every command (the contention-missing policy)."""
+    if getattr(a, "contention_missing", None) is None:
+        return {}
+    if "contention_missing" not in {f.name for f in dataclasses.fields(SimConfig)}:
+        raise ValueError("--contention-missing: this version of SimConfig has no contention_missing field yet")
+    return {"contention_missing": a.contention_missing}
 
 
 def _traces(a):
+    """The trace set of ``a`` (one acceptance run when asked) and ``a.acceptance`` resolved."""
     from . import load_traces
 
     ts = load_traces(a.traces)
-    return ts.with_acceptance_run(a.acceptance_run) if getattr(a, "acceptance_run", None) else ts
+    acc = getattr(a, "acceptance", None)
+    if acc is None:
+        return ts
+    a.acceptance, a.acceptance_defaulted = labels.resolve_acceptance(acc, ts)
+    if a.acceptance_run:
+        if a.acceptance != "trace" and not a.acceptance_defaulted:
+            raise _UsageError(f"--acceptance-run {a.acceptance_run} replays a recorded run, but --acceptance is "
+                              f"{acc!r}: drop one of them (or use --acceptance trace)")
+        if ts.acceptance is None:
+            raise _UsageError(f"--acceptance-run {a.acceptance_run}: trace set {ts.path} records no acceptance "
+                              "(`egpt-sim traces` lists the sets that do)")
+        ts = ts.with_acceptance_run(a.acceptance_run)  # one line naming the runs there are
+        a.acceptance = "trace"
+    return ts
+
+
+class _UsageError(ValueError):
+    """Contradictory options (exit 2, one line)."""
 
 
 def _config(a, strategy: str) -> SimConfig:
     return SimConfig(strategy=strategy, output_tokens=a.output_tokens, gamma=a.gamma, n_gpus=a.gpus,
-                     acceptance=a.acceptance, n_requests=a.requests, seed=a.seed)
+                     acceptance=a.acceptance, n_requests=a.requests, seed=a.seed, **_sim_kwargs(a))
 
 
-def _strategies(value: str) -> list[str]:
-    return list(STRATEGY_NAMES) if value == "all" else value.split(",")
+# --------------------------------------------------------------------------- commands
+
+
+def scenario_header(a, ts, contention=None) -> list[str]:
+    """Header lines of a prediction: traces, acceptance (named, pooled runs announced),
+    scenario, and the same-GPU contention factors used, measured vs assumed."""
+    lines = [f"traces: {ts.provenance()}",
+             f"acceptance: {labels.describe_acceptance(a.acceptance, ts, getattr(a, 'acceptance_defaulted', False))}"]
+    if a.acceptance == "trace" and len(ts.acceptance_runs()) > 1:
+        lines[-1] += "; pick one with --acceptance-run"
+    lines.append(f"scenario: {a.output_tokens} output tokens, gamma={a.gamma}, {a.gpus} GPU(s), {a.requests} requests, "
+                 f"seed {a.seed}")
+    lines += contention_lines(contention, a.gpus)
+    return lines
+
+
+def contention_lines(model, n_gpus: int) -> list[str]:
+    """The contention factors of ``model`` (a ContentionModel) as table lines."""
+    if n_gpus >= 2 or model is None or not model.factors:
+        return ["contention: none (drafter and target on separate GPUs; cross-GPU host effects not modelled)"
+                if n_gpus >= 2 else "contention: none"]
+    t = model.table()
+    t = t.assign(source=t["measured"].map({True: "measured", False: "assumed (not measured: fallback factor)"}))
+    body = t[["role", "stage", "contention_factor", "source"]].to_string(index=False, float_format=lambda x: f"{x:.2f}")
+    n_assumed = int((~t["measured"]).sum())
+    return [f"contention: 1 shared GPU, {model.source.removesuffix(' x1')}; factor = slow-down while the peer model runs "
+            f"({len(t) - n_assumed} measured, {n_assumed} assumed)", *("  " + ln for ln in body.splitlines())]
 
 
 def cmd_predict(a) -> int:
     from .runner import draw_bank, simulate
 
     ts = _traces(a)
-    cfgs = [_config(a, s) for s in _strategies(a.strategy)]
+    cfgs = [_config(a, s) for s in a.strategy]
     bank = draw_bank(cfgs[0], ts)
-    rows = []
+    rows, model = [], None
     for cfg in cfgs:
-        s = simulate(cfg, ts, bank=bank).summary()
+        res = simulate(cfg, ts, bank=bank)
+        model = res.contention if model is None else model
+        s = labels.summary_row(res.summary())
         rows.append({"strategy": cfg.strategy, "latency_mean_ms": s["latency_mean_ms"], "p90_ms": s["latency_p90_ms"],
-                     "ttft_ms": s["ttft_mean_ms"], "speedup": s["speedup_of_means"],
+                     "ttft_ms": s["ttft_mean_ms"], labels.SPEEDUP: s[labels.SPEEDUP],
                      "window_drafts": s["window_drafts_mean_tokens"], "window_accepted": s["window_accepted_mean_tokens"],
                      "accepted": s["accepted_mean_tokens"], "verify_passes": s["verify_passes_mean"]})
-    print(f"traces: {ts.provenance()}")
-    if a.acceptance == "trace" and len(ts.acceptance_runs()) > 1:
-        print(f"acceptance: {len(ts.acceptance_runs())} recorded runs pooled ({', '.join(ts.acceptance_runs())}); "
-              "pick one with --acceptance-run")
-    print(f"scenario: {a.output_tokens} output tokens, gamma={a.gamma}, {a.gpus} GPU(s), acceptance={a.acceptance}, "
-          f"{a.requests} requests; speedup = mean target_only latency / mean latency on the same draws;\n"
+    print("\n".join(scenario_header(a, ts, model)))
+    print("speedup = mean target_only latency / mean latency on the same draws; "
           "accepted = drafts accepted as a prefix (not drafts x rate)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     return 0
@@ -77,38 +224,66 @@ def cmd_predict(a) -> int:
 
 def cmd_sweep(a) -> int:
     from . import load_traces
-    from .sweep import best_strategy, default_grid, run_sweep
+    from .sweep import best_with_margins, default_grid, format_winner, run_sweep
 
     ts = load_traces(a.traces)
-    grid = {"n_gpus": [int(g) for g in a.gpus_list.split(",")]}
+    grid = {"n_gpus": a.gpus_list}
     if a.quick:
         grid |= {"output_tokens": [5, 20, 50, 100], "acceptance": [0.0, 0.3, 0.6, 0.9, 1.0]}
-    cfgs = default_grid(SimConfig(n_requests=a.requests, gamma=a.gamma, seed=a.seed), **grid)
-    df = run_sweep(cfgs, ts, engine=a.engine)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(a.out, index=False)
-    best = best_strategy(df)
-    print(f"traces: {ts.provenance()}\nwrote {len(df)} scenarios to {a.out}\nbest strategy per cell (mean latency):")
-    print(best.pivot_table(index=["n_gpus", "acceptance"], columns="output_tokens", values="strategy", aggfunc="first").to_string())
+    cfgs = default_grid(SimConfig(n_requests=a.requests, gamma=a.gamma, seed=a.seed, **_sim_kwargs(a)), **grid)
+    df = run_sweep(cfgs, ts, engine=a.engine, progress=not a.no_progress)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, index=False)
+    best = best_with_margins(df, ts, engine=a.engine)
+    mark = _printable("≈", "~=")
+    best["cell"] = best.apply(format_winner, axis=1, tie_mark=mark)
+    n_tie = int(best["tie"].sum())
+    print(f"traces: {ts.provenance()}\nacceptance: i.i.d. per-token match rate alpha per row (assumed, not measured)\n"
+          f"wrote {len(df)} scenarios to {out}\n"
+          "best strategy per cell (lowest mean latency): strategy, speedup, +margin over the runner-up in speedup;\n"
+          f"'{mark}' = tie: the margin is inside the 95 % paired Monte-Carlo interval ({n_tie} of {len(best)} cells)")
+    print(best.pivot_table(index=["n_gpus", "acceptance"], columns="output_tokens", values="cell", aggfunc="first").to_string())
     return 0
+
+
+def _printable(text: str, fallback: str) -> str:
+    """``text`` if stdout can encode it (a UTF-8 terminal), else ``fallback``."""
+    try:
+        text.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return fallback
+    return text
+
+
+def figure_path(out: str) -> Path:
+    """``--out`` as a figure file: no suffix means ``.png``; an unknown suffix is an error."""
+    p = Path(out)
+    if p.suffix == "":
+        return p.with_name(p.name + ".png")
+    if p.suffix.lower() not in FIGURE_SUFFIXES:
+        raise _UsageError(f"--out {out}: unknown figure type {p.suffix!r}; use one of {', '.join(FIGURE_SUFFIXES)}")
+    return p
 
 
 def cmd_timeline(a) -> int:
     from .plots import plot_gantt
     from .runner import draw_bank, simulate
 
+    out = figure_path(a.out)
     ts = _traces(a)
-    cfgs = [_config(a, s) for s in _strategies(a.strategy)]
+    cfgs = [_config(a, s) for s in a.strategy]
     bank = draw_bank(cfgs[0], ts)
     frames = []
     for cfg in cfgs:
         r = simulate(cfg, ts, timeline=True, bank=bank)
         frames.append(r.timeline.assign(strategy=cfg.strategy))
-    fig = plot_gantt(pd.concat(frames), title=f"One request, {a.output_tokens} tokens, {a.gpus} GPU(s), acceptance={a.acceptance}",
+    acc = labels.describe_acceptance(a.acceptance, ts, a.acceptance_defaulted)
+    fig = plot_gantt(pd.concat(frames), title=f"One request, {a.output_tokens} tokens, {a.gpus} GPU(s), acceptance: {acc}",
                      caption=ts.provenance())
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=130)
-    print(f"wrote {a.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    print(f"wrote {out}")
     return 0
 
 
@@ -117,28 +292,45 @@ def cmd_plan(a) -> int:
     from .planning import required_acceptance_table
 
     ts = load_traces(a.traces)
-    df = required_acceptance_table(ts, a.speedup, [int(n) for n in a.lengths.split(",")],
-                                   [int(g) for g in a.gpus_list.split(",")], strategy=a.strategy,
-                                   gamma=a.gamma, n_requests=a.requests)
-    print(f"traces: {ts.provenance()}\nminimum i.i.d. per-token match rate alpha for {a.speedup}x (NaN = unreachable):")
-    print(df[["strategy", "n_gpus", "output_tokens", "level", "mean_accepted_prefix_at_gamma", "max_speedup"]]
-          .rename(columns={"level": "alpha_required"}).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    frames = [required_acceptance_table(ts, a.speedup, a.lengths, a.gpus_list, strategy=s, gamma=a.gamma,
+                                        n_requests=a.requests, seed=a.seed, **_sim_kwargs(a)) for s in a.strategy]
+    df = pd.concat(frames, ignore_index=True)
+    cols = ["strategy", "n_gpus", "output_tokens", "level", "mean_accepted_prefix_at_gamma", "speedup_at_level", "max_speedup"]
+    print(f"traces: {ts.provenance()}\nminimum i.i.d. per-token match rate alpha reaching {a.speedup:g}x "
+          f"(gamma={a.gamma}, {a.requests} requests; NaN = unreachable even at alpha = 1):")
+    print(df.reindex(columns=cols).rename(columns={"level": "alpha_required"})
+          .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 
 
-def cmd_traces(a) -> int:
+def trace_set_line(path) -> str:
+    """One line for ``egpt-sim traces``: provenance, acceptance runs, simulatable or not."""
     from .schema import TraceError
-    from .traces import TraceSet, bundled_trace_sets
+    from .traces import TraceSet
 
-    for name, path in bundled_trace_sets().items():
-        line = ""
-        try:
-            ts = TraceSet.load(path)
-            line = ts.provenance()
-            ts.check_simulatable()
-        except TraceError as exc:  # e.g. a target-only frame sweep: data, but not simulatable
-            line += f" (not simulatable: {str(exc).split(': ', 1)[-1]})"
-        print(f"{name:24s} {line}")
+    try:
+        ts = TraceSet.load(path)
+    except TraceError as exc:
+        return f"unreadable: {exc}"
+    runs = ts.acceptance_runs()
+    acc = (f"acceptance: {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(runs)})" if runs
+           else "acceptance: none (use --acceptance ALPHA)")
+    line = f"{ts.provenance()} | {acc}"
+    try:
+        ts.check_simulatable()
+    except TraceError as exc:  # e.g. a target-only frame sweep: data, but not simulatable
+        line += f" | not simulatable: {str(exc).split(': ', 1)[-1]}"
+    return line
+
+
+def cmd_traces(a) -> int:
+    from .traces import bundled_trace_sets
+
+    sets = bundled_trace_sets()
+    if not sets:
+        raise ValueError("no bundled trace sets found (egpt_sim/data/traces is empty)")
+    for name, path in sets.items():
+        print(f"{name:24s} {trace_set_line(path)}")
     return 0
 
 
@@ -149,54 +341,67 @@ def cmd_make_example(a) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="egpt-sim", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("predict", help="simulate one scenario per strategy; print a table")
+    p = OneLineParser(prog="egpt-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name: str, doc: str, fn):
+        s = sub.add_parser(name, help=doc, description=doc)
+        s.set_defaults(fn=fn)
+        return s
+
+    s = command("predict", "simulate one scenario for every strategy on the same draws; print one table", cmd_predict)
     _common(s)
-    s.add_argument("--strategy", default="all", help="strategy name, comma list, or 'all'")
-    s.set_defaults(fn=cmd_predict)
-    s = sub.add_parser("sweep", help="grid: strategies x lengths x acceptance x GPU counts -> parquet")
-    s.add_argument("--traces", default=None)
-    s.add_argument("--out", default="out/sweep.parquet")
-    s.add_argument("--gpus-list", default="1,2")
-    s.add_argument("--gamma", type=int, default=8)
-    s.add_argument("--requests", type=int, default=200)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quick", action="store_true", help="small grid (4 lengths x 5 alphas)")
-    s.add_argument("--engine", default="auto", choices=["auto", "fast", "simpy"])
-    s.set_defaults(fn=cmd_sweep)
-    s = sub.add_parser("timeline", help="Gantt PNG of one request per strategy")
+    s.add_argument("--strategy", type=STRATEGIES, default="all", help="strategy name, comma list, or 'all'")
+    s = command("sweep", "grid of strategies x lengths x alpha x GPU counts -> parquet; print the best strategy per cell "
+                "with its margin over the runner-up", cmd_sweep)
+    _traces_opt(s)
+    s.add_argument("--out", default="out/sweep.parquet", help="parquet file written (one row per scenario)")
+    s.add_argument("--gpus-list", type=INT_LIST, default="1,2", help="GPU counts, comma-separated")
+    s.add_argument("--quick", action="store_true", help="small grid: 4 lengths (5,20,50,100) x 5 alphas (0,0.3,0.6,0.9,1)")
+    s.add_argument("--engine", default="auto", choices=["auto", "fast", "simpy"],
+                   help="fast = vectorised path (tested equal to SimPy), simpy = reference model, auto = fast if available")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _sim_opts(s)
+    s = command("timeline", "Gantt chart of one simulated request per strategy (same draws)", cmd_timeline)
     _common(s)
-    s.add_argument("--strategy", default="target_only,prefill_then_verify,parallel_sd")
-    s.add_argument("--out", default="out/timeline.png")
-    s.set_defaults(fn=cmd_timeline)
-    s = sub.add_parser("plan", help="minimum acceptance for a target speedup")
-    s.add_argument("--traces", default=None)
-    s.add_argument("--speedup", type=float, default=1.5)
-    s.add_argument("--lengths", default="20,50,100")
-    s.add_argument("--gpus-list", default="1,2")
-    s.add_argument("--strategy", default="prefill_then_verify")
-    s.add_argument("--gamma", type=int, default=8)
-    s.add_argument("--requests", type=int, default=200)
-    s.set_defaults(fn=cmd_plan)
-    s = sub.add_parser("traces", help="list bundled trace sets with provenance")
-    s.set_defaults(fn=cmd_traces)
-    s = sub.add_parser("make-example", help="regenerate the seed-calibrated example trace set")
-    s.add_argument("--out", default=str(Path(__file__).parent / "data/traces/example/seed_calibrated"))
-    s.set_defaults(fn=cmd_make_example)
+    s.add_argument("--strategy", type=STRATEGIES, default="target_only,prefill_then_verify,parallel_sd",
+                   help="strategy name, comma list, or 'all'")
+    s.add_argument("--out", default="out/timeline.png", help="figure file; no suffix = .png")
+    s = command("plan", "minimum i.i.d. per-token acceptance alpha reaching a target speedup (bisection)", cmd_plan)
+    _traces_opt(s)
+    s.add_argument("--speedup", type=POSITIVE_FLOAT, default=1.05, help="target speedup vs target_only (> 0)")
+    s.add_argument("--lengths", type=INT_LIST, default="20,50,100", help="answer lengths, tokens, comma-separated")
+    s.add_argument("--gpus-list", type=INT_LIST, default="1,2", help="GPU counts, comma-separated")
+    s.add_argument("--strategy", type=PLAN_STRATEGIES, default="prefill_then_verify",
+                   help=f"speculative strategy, comma list, or 'all' ({', '.join(SD_STRATEGIES)})")
+    _sim_opts(s)
+    command("traces", "list bundled trace sets: provenance, acceptance runs, simulatable or not", cmd_traces)
+    s = command("make-example", "regenerate the seed-calibrated example trace set (not measured)", cmd_make_example)
+    s.add_argument("--out", default=str(Path(__file__).parent / "data/traces/example/seed_calibrated"),
+                   help="trace-set folder written")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from .schema import TraceError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.fn(args)
     except (TraceError, ValueError) as exc:
-        print(f"egpt-sim: error: {exc}", file=sys.stderr)
+        print(f"egpt-sim {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `egpt-sim sweep | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except OSError as exc:
+        print(f"egpt-sim {args.cmd}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

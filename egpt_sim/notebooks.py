@@ -12,8 +12,10 @@ Parameters: ``--params`` is a YAML file whose UPPER_CASE keys apply to every not
 declares them and whose other keys (a notebook prefix such as ``"03"`` or a full stem)
 hold per-notebook overrides; ``-p NAME VALUE`` (or ``-p 03:NAME VALUE``) overrides on the
 command line. Values are parsed as YAML (``20``, ``[1, 2]``, ``null``, ``trace``). A
-per-notebook parameter the notebook does not declare is an error (a typo would otherwise
-be silently ignored). The exit status is 1 if any notebook failed.
+parameter no notebook declares, a section matching no notebook, a per-notebook key the
+notebook does not declare, and a missing or invalid params file are one-line errors (exit
+2) before anything runs: a typo is never silently ignored. The exit status is 1 if any
+notebook failed.
 
 :func:`measure_stages` runs the ``measure`` CLI (tiny CPU presets by default) for
 ``01_stage_timing``'s ``RUN_MEASURE`` option, in a subprocess: ``egpt_sim`` never imports
@@ -49,10 +51,20 @@ def parse_value(text: str) -> Any:
 
 
 def load_params(path: str | Path | None) -> tuple[dict, dict]:
-    """(common, per-notebook) parameters from a YAML file (see the module docstring)."""
+    """(common, per-notebook) parameters from a YAML file (see the module docstring).
+
+    A missing/unreadable file or invalid YAML is a one-line ValueError naming the file.
+    """
     if path is None:
         return {}, {}
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the params file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of parameters")
     common = {k: v for k, v in data.items() if str(k).isupper()}
@@ -87,6 +99,33 @@ def declared_parameters(notebook: Path) -> dict:
     import papermill as pm
 
     return pm.inspect_notebook(str(notebook))
+
+
+def check_parameters(notebooks: Sequence[Path], common: dict, per: dict, origin: str = "parameters") -> None:
+    """Fail fast (one-line ValueError) on a parameter no notebook would receive: a common
+    NAME that no notebook in ``notebooks`` declares, a section matching no notebook, or a
+    section key that a notebook it matches does not declare. ``origin`` names the source."""
+    declared = {nb.stem: set(declared_parameters(nb)) for nb in notebooks}
+    known = set().union(*declared.values()) if declared else set()
+    unknown = sorted(set(common) - known)
+    if unknown:
+        raise ValueError(f"{origin}: no notebook declares {', '.join(unknown)}{_did_you_mean(unknown, known)}")
+    for key, values in per.items():
+        stems = [stem for stem in declared if _matches(key, stem)]
+        if not stems:
+            raise ValueError(f"{origin}: section {key!r} matches no notebook; notebooks: {sorted(declared)}")
+        for stem in stems:
+            bad = sorted(set(values) - declared[stem])
+            if bad:
+                raise ValueError(f"{origin}: {stem} declares no {', '.join(bad)}{_did_you_mean(bad, declared[stem])}")
+
+
+def _did_you_mean(names: Sequence[str], known: set) -> str:
+    """`` (did you mean X?)`` for the closest known name, else the known names."""
+    import difflib
+
+    close = [m for n in names for m in difflib.get_close_matches(n, sorted(known), n=1)]
+    return f" (did you mean {', '.join(close)}?)" if close else f"; declared: {', '.join(sorted(known))}"
 
 
 def parameters_for(notebook: Path, common: dict, per: dict) -> dict:
@@ -295,7 +334,9 @@ def measure_stages(out_dir: str | Path, target: str = "random:tiny", drafter: st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m egpt_sim.notebooks", description="Run every notebook with papermill.")
+    from .cli import OneLineParser
+
+    p = OneLineParser(prog="python -m egpt_sim.notebooks", description="Run every notebook with papermill.")
     p.add_argument("--out", required=True, help="output folder (executed notebooks, figures/, index.md)")
     p.add_argument("--params", default=None, help="YAML: UPPER_CASE keys for all notebooks, sections per notebook")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -311,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         common, per = load_params(a.params)
         c2, p2 = cli_params(a.parameter)
+        every = discover(a.notebooks_dir)  # typos are checked against every notebook, not only --only ones
+        check_parameters(every, common, per, origin=str(a.params))
+        check_parameters(every, c2, p2, origin="-p")
         common |= c2
         for k, v in p2.items():
             per.setdefault(k, {}).update(v)

@@ -21,13 +21,14 @@ import pandas as pd
 
 from .acceptance import CurveAcceptance, acceptance_by_position, expected_accepted_iid
 from .config import SimConfig
+from .labels import SPEEDUP, summary_row
 from .runner import draw_bank
 from .sweep import _engine_fn
 from .traces import TraceSet
 
 
 def _speedup(cfg: SimConfig, traces: TraceSet, bank, engine: str) -> float:
-    return _engine_fn(engine)(cfg, traces, bank=bank).summary()["speedup_of_means"]
+    return summary_row(_engine_fn(engine)(cfg, traces, bank=bank).summary())[SPEEDUP]
 
 
 def trace_curve(traces: TraceSet) -> tuple[float, ...]:
@@ -50,9 +51,15 @@ def required_acceptance(traces: TraceSet, target_speedup: float, output_tokens: 
     Without ``curve`` the level is the i.i.d. per-token match rate alpha in [0, 1];
     with ``curve`` it is the scale applied to that conditional curve, in [0, 1/min>0].
     Returns a dict with ``level`` (NaN when even perfect acceptance falls short),
-    ``feasible``, ``speedup_at_level`` and ``max_speedup``; for i.i.d. also
-    ``mean_accepted_prefix_at_gamma`` = sum_{i=1..gamma} alpha^i.
+    ``feasible``, ``speedup_at_level``, ``max_speedup`` and ``mean_accepted_prefix_at_gamma``
+    = sum_{i=1..gamma} alpha^i (NaN for a curve or an unreachable target). ``target_only`` and
+    ``drafter_only`` verify no drafts: asking them is a ValueError.
     """
+    if not (target_speedup > 0 and np.isfinite(target_speedup)):
+        raise ValueError(f"required_acceptance: target_speedup must be a finite number > 0 (got {target_speedup!r})")
+    if strategy in ("target_only", "drafter_only"):
+        raise ValueError(f"required_acceptance: strategy {strategy!r} verifies no drafts, so no acceptance level "
+                         "changes its speedup; choose serial_sd, prefill_then_verify, parallel_sd or adaptive_budget")
     base = SimConfig(strategy=strategy, output_tokens=output_tokens, n_gpus=n_gpus, gamma=gamma,
                      n_requests=n_requests, seed=seed, **config)
     bank = draw_bank(base, traces)
@@ -88,8 +95,8 @@ def required_acceptance(traces: TraceSet, target_speedup: float, output_tokens: 
                 lo = mid
         level = hi_
     out |= {"level": level, "feasible": not np.isnan(level), "speedup_at_level": sp}
-    if curve is None and not np.isnan(level):
-        out["mean_accepted_prefix_at_gamma"] = expected_accepted_iid(level, gamma)
+    feasible_iid = curve is None and not np.isnan(level)
+    out["mean_accepted_prefix_at_gamma"] = expected_accepted_iid(level, gamma) if feasible_iid else float("nan")
     return out
 
 
@@ -119,13 +126,13 @@ def seed_scenarios(traces: TraceSet, drafts_in_window: int = 26, output_tokens: 
     for name, alpha in SEED_ALPHAS.items():
         for g in n_gpus:
             for strat in strategies:
-                res = fn(base.replace(strategy=strat, n_gpus=g, acceptance=alpha), traces, bank=bank).summary()
+                res = summary_row(fn(base.replace(strategy=strat, n_gpus=g, acceptance=alpha), traces, bank=bank).summary())
                 rows.append({
                     "scenario": name, "alpha_per_token": alpha, "n_gpus": g, "strategy": strat,
                     "seed_claim_accepted": drafts_in_window * alpha,
                     "prefix_expected_accepted": expected_accepted_iid(alpha, drafts_in_window),
                     "sim_window_accepted_mean": res["window_accepted_mean_tokens"],
                     "sim_accepted_mean": res["accepted_mean_tokens"],
-                    "speedup_of_means": res["speedup_of_means"],
+                    SPEEDUP: res[SPEEDUP],
                 })
     return pd.DataFrame(rows)

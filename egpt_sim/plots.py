@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .labels import SPEEDUP, with_speedup  # noqa: E402
+
 ACTIVITY_COLORS = {
     "load": "#c7c7c7", "preprocess": "#9e9e9e", "vision_encode": "#8c6bb1", "prefill": "#2b8cbe",
     "draft_step": "#fdae6b", "decode_step": "#41ab5d", "verify": "#e6550d",
@@ -472,11 +474,12 @@ def plot_rate_comparison(rates: pd.DataFrame, caption: str | None = None):
 
 
 def plot_speedup_heatmap(sweep: pd.DataFrame, strategy: str, n_gpus: int, caption: str | None = None,
-                         value: str = "speedup_of_means"):
+                         value: str = SPEEDUP):
     """Heatmap of ``value`` over output length x per-token acceptance for one strategy/GPU count.
 
     The 1.0 contour (break-even vs target_only) is drawn in black.
     """
+    sweep = with_speedup(sweep) if sweep is not None else sweep
     import seaborn as sns
 
     d = sweep[(sweep["strategy"] == strategy) & (sweep["n_gpus"] == n_gpus)]
@@ -500,12 +503,13 @@ def _grid(d: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def plot_speedup_grid(sweep: pd.DataFrame, strategies=None, n_gpus=None, caption: str | None = None,
-                      value: str = "speedup_of_means"):
+                      value: str = SPEEDUP):
     """Speedup heatmaps, one panel per (GPU count, strategy), one shared diverging scale.
 
     Rows: GPU counts; columns: strategies (``target_only`` is the baseline and left out).
     Blue = faster than target_only, red = slower; the black line is break-even (1.0).
     """
+    sweep = with_speedup(sweep) if sweep is not None else sweep
     _require(sweep, "plot_speedup_grid", "the sweep")
     strategies = list(strategies or [s for s in dict.fromkeys(sweep["strategy"]) if s != "target_only"])
     n_gpus = list(n_gpus or sorted(sweep["n_gpus"].unique()))
@@ -562,10 +566,11 @@ def plot_best_strategy(best: pd.DataFrame, caption: str | None = None):
     """Best strategy per cell (lowest mean latency), one panel per GPU count.
 
     ``best``: ``sweep.best_strategy(df)`` (n_gpus, output_tokens, acceptance, strategy,
-    speedup_of_means). Each cell is coloured by strategy and labelled with its speedup.
+    speedup). Each cell is coloured by strategy and labelled with its speedup.
     """
+    best = with_speedup(best) if best is not None else best
     _require(best, "plot_best_strategy", "the best-strategy table")
-    _need_columns(best, "plot_best_strategy", ["n_gpus", "output_tokens", "acceptance", "strategy", "speedup_of_means"])
+    _need_columns(best, "plot_best_strategy", ["n_gpus", "output_tokens", "acceptance", "strategy", SPEEDUP])
     gpus = sorted(best["n_gpus"].unique())
     strategies = [s for s in STRATEGY_COLORS if s in set(best["strategy"])] + \
         sorted(set(best["strategy"]) - set(STRATEGY_COLORS))
@@ -575,7 +580,7 @@ def plot_best_strategy(best: pd.DataFrame, caption: str | None = None):
     for ax, g in zip(axes[0], gpus):
         d = best[best["n_gpus"] == g]
         strat = d.pivot_table(index="acceptance", columns="output_tokens", values="strategy", aggfunc="first").sort_index()
-        sp = d.pivot_table(index="acceptance", columns="output_tokens", values="speedup_of_means").sort_index()
+        sp = d.pivot_table(index="acceptance", columns="output_tokens", values=SPEEDUP).sort_index()
         codes = strat.apply(lambda col: col.map(code)).to_numpy(float)
         ax.imshow(codes, origin="lower", aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(strategies) - 0.5)
         if sp.size <= 80:
@@ -598,11 +603,12 @@ def plot_best_strategy(best: pd.DataFrame, caption: str | None = None):
 def plot_strategy_speedups(summary: pd.DataFrame, caption: str | None = None, title: str = ""):
     """Simulated speedup vs target_only per strategy, bars grouped by GPU count.
 
-    ``summary``: rows with ``strategy``, ``n_gpus``, ``speedup_of_means``
+    ``summary``: rows with ``strategy``, ``n_gpus``, ``speedup``
     (:func:`egpt_sim.report.strategy_table`).
     """
+    summary = with_speedup(summary) if summary is not None else summary
     _require(summary, "plot_strategy_speedups", "the strategy table")
-    _need_columns(summary, "plot_strategy_speedups", ["strategy", "n_gpus", "speedup_of_means"])
+    _need_columns(summary, "plot_strategy_speedups", ["strategy", "n_gpus", SPEEDUP])
     strategies = list(dict.fromkeys(summary["strategy"]))
     gpus = sorted(summary["n_gpus"].unique())
     fig, ax = plt.subplots(figsize=(1.4 * len(strategies) + 3, 4.3))
@@ -611,16 +617,16 @@ def plot_strategy_speedups(summary: pd.DataFrame, caption: str | None = None, ti
     for j, g in enumerate(gpus):
         d = summary[summary["n_gpus"] == g].set_index("strategy").reindex(strategies)
         x = np.arange(len(strategies)) + (j - (len(gpus) - 1) / 2) * w
-        bars = ax.bar(x, d["speedup_of_means"].fillna(0), width=w * 0.92, label=f"{g} GPU{'s' if g > 1 else ''}",
+        bars = ax.bar(x, d[SPEEDUP].fillna(0), width=w * 0.92, label=f"{g} GPU{'s' if g > 1 else ''}",
                       color=plt.cm.Blues(0.45 + 0.4 * j / max(1, len(gpus) - 1)))
-        for b, v in zip(bars, d["speedup_of_means"]):
+        for b, v in zip(bars, d[SPEEDUP]):
             if np.isfinite(v):
                 ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.3f}x", ha="center", va="bottom", fontsize=7,
                         bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     ax.set_xticks(np.arange(len(strategies)))
     ax.set_xticklabels([s + "\n(drafter's own answer)" if s == "drafter_only" else s for s in strategies], fontsize=8)
     ax.set_ylabel("speedup vs target_only\n(ratio of mean latencies, same draws)")
-    ax.set_ylim(0, float(summary["speedup_of_means"].max()) * 1.18)
+    ax.set_ylim(0, float(summary[SPEEDUP].max()) * 1.18)
     ax.legend(fontsize=8)
     ax.set_title(title or "Simulated speedup per strategy")
     return _finish(fig, caption)
@@ -676,11 +682,12 @@ def plot_required_acceptance(table: pd.DataFrame, caption: str | None = None):
     return _finish(fig, caption)
 
 
-def plot_sensitivity(sweep: pd.DataFrame, factor: str, caption: str | None = None, value: str = "speedup_of_means"):
+def plot_sensitivity(sweep: pd.DataFrame, factor: str, caption: str | None = None, value: str = SPEEDUP):
     """Speedup vs one what-if factor (e.g. ``drafter_speed``, ``contention_scale``).
 
     One line per strategy (colour) and GPU count (line style); dashed grey = break-even.
     """
+    sweep = with_speedup(sweep) if sweep is not None else sweep
     _require(sweep, "plot_sensitivity", "the sensitivity sweep")
     _need_columns(sweep, "plot_sensitivity", [factor, "strategy", "n_gpus", value])
     d = sweep[sweep["strategy"] != "target_only"]
@@ -713,14 +720,16 @@ def plot_seed_scenarios(scenarios: pd.DataFrame, caption: str | None = None):
     """The seeds' adapter scenarios evaluated correctly (``planning.seed_scenarios``).
 
     Left: accepted tokens in the prefill window: the seeds' drafts x alpha vs the prefix
-    expectation sum alpha^i vs simulated. Right: simulated speedup per strategy/GPU count.
+    expectation sum alpha^i vs simulated. Right: simulated speedup - 1 in % per
+    strategy/GPU count (0 = as fast as target_only; every bar is labelled), legend below.
     """
     _require(scenarios, "plot_seed_scenarios", "the scenario table")
+    scenarios = with_speedup(scenarios)
     _need_columns(scenarios, "plot_seed_scenarios", ["scenario", "strategy", "n_gpus", "seed_claim_accepted",
-                                                     "prefix_expected_accepted", "sim_window_accepted_mean", "speedup_of_means"])
+                                                     "prefix_expected_accepted", "sim_window_accepted_mean", SPEEDUP])
     names = list(dict.fromkeys(scenarios["scenario"]))
     x = np.arange(len(names))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.2))
     first = scenarios.groupby("scenario", sort=False).agg(
         claim=("seed_claim_accepted", "first"), prefix=("prefix_expected_accepted", "first"),
         sim=("sim_window_accepted_mean", "mean")).reindex(names)
@@ -733,21 +742,42 @@ def plot_seed_scenarios(scenarios: pd.DataFrame, caption: str | None = None):
     a1.set_xticks(x)
     a1.set_xticklabels(names, fontsize=8, rotation=10)
     a1.set_ylabel("accepted tokens from the window block")
-    a1.set_title("Accepted drafts: seeds' arithmetic vs prefix acceptance")
-    a1.legend(fontsize=7.5)
+    a1.set_ylim(0, float(first[["claim", "prefix", "sim"]].to_numpy().max()) * 1.12)
+    a1.set_title("Accepted drafts: seeds' arithmetic vs prefix acceptance", fontsize=10)
+    a1.legend(fontsize=7.5, loc="upper left")
+    _seed_speedup_panel(a2, scenarios, names)
+    handles, labels_ = a2.get_legend_handles_labels()
+    strategies = list(dict.fromkeys(scenarios["strategy"]))
+    combos = list(dict.fromkeys(zip(scenarios["strategy"], scenarios["n_gpus"])))
+    order = sorted(range(len(combos)), key=lambda k: (strategies.index(combos[k][0]), combos[k][1]))
+    # column-major legend: one column per strategy, one row per GPU count
+    return _finish(fig, caption, legend=([handles[k] for k in order], [labels_[k] for k in order], len(strategies)))
+
+
+def _seed_speedup_panel(ax, scenarios: pd.DataFrame, names: list[str]) -> None:
+    """Bars of (speedup - 1) x 100 % per (strategy, GPU count), labelled, around a 0 line."""
+    x = np.arange(len(names))
     combos = list(dict.fromkeys(zip(scenarios["strategy"], scenarios["n_gpus"])))
     w = 0.8 / len(combos)
+    pct = (scenarios[SPEEDUP] - 1.0) * 100.0
+    span = max(float(pct.abs().max()), 0.5)
     for j, (s, g) in enumerate(combos):
         d = scenarios[(scenarios["strategy"] == s) & (scenarios["n_gpus"] == g)].set_index("scenario").reindex(names)
-        a2.bar(x + (j - (len(combos) - 1) / 2) * w, d["speedup_of_means"], width=w * 0.92, color=STRATEGY_COLORS.get(s, "k"),
-               alpha=0.55 if g == 1 else 1.0, hatch="//" if g == 1 else None, edgecolor="white", label=f"{s}, {g} GPU{'s' if g > 1 else ''}")
-    a2.axhline(1.0, color="black", lw=1, ls="--")
-    a2.set_xticks(x)
-    a2.set_xticklabels(names, fontsize=8, rotation=10)
-    a2.set_ylabel("simulated speedup vs target_only")
-    a2.set_title("Simulated speedup (hatched = 1 GPU, with contention)")
-    a2.legend(fontsize=7, ncol=2)
-    return _finish(fig, caption)
+        v = (d[SPEEDUP] - 1.0) * 100.0
+        bars = ax.bar(x + (j - (len(combos) - 1) / 2) * w, v, width=w * 0.92, color=STRATEGY_COLORS.get(s, "k"),
+                      alpha=0.55 if g == 1 else 1.0, hatch="//" if g == 1 else None, edgecolor="white",
+                      label=f"{s}, {g} GPU{'s' if g > 1 else ''}")
+        for b, val in zip(bars, v):
+            if np.isfinite(val):
+                ax.text(b.get_x() + b.get_width() / 2, val + (0.04 if val >= 0 else -0.04) * span, f"{val:+.1f}",
+                        ha="center", va="bottom" if val >= 0 else "top", fontsize=6, rotation=90)
+    ax.axhline(0.0, color="black", lw=1)
+    ax.set_ylim(-span * 1.45, span * 1.45)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, fontsize=8, rotation=10)
+    ax.set_ylabel("simulated speedup - 1 vs target_only (%)\n(> 0: faster, < 0: slower)")
+    ax.set_title("Simulated speedup - 1, % (hatched = 1 GPU, with contention)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
 
 
 # --------------------------------------------------------------------------- validation

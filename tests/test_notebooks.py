@@ -68,6 +68,34 @@ def test_yaml_and_cli_parameters(tmp_path):
     with pytest.raises(ValueError, match="must map"):
         nbrun.load_params(bad)
     assert [p.stem for p in nbrun.discover(only=["02", "05_validation"])] == ["02_acceptance", "05_validation"]
+    with pytest.raises(ValueError, match="cannot read the params file"):
+        nbrun.load_params(tmp_path / "missing.yaml")
+    bad.write_text("a: [1\n")
+    with pytest.raises(ValueError, match="bad.yaml: not valid YAML at line 2"):
+        nbrun.load_params(bad)
+
+
+def test_unknown_parameters_are_rejected_before_running():
+    every = nbrun.discover()
+    nbrun.check_parameters(every, {"N_REQUESTS": 5, "FRAMES_TRACES": None}, {"03": {"GANTT_OUTPUT_TOKENS": 4}})  # all known
+    with pytest.raises(ValueError, match=r"-p: no notebook declares N_REQUEST \(did you mean N_REQUESTS\?\)"):
+        nbrun.check_parameters(every, {"N_REQUEST": 5}, {}, origin="-p")  # a global typo (was silently ignored)
+    with pytest.raises(ValueError, match="x.yaml: section '3' matches no notebook"):
+        nbrun.check_parameters(every, {}, {"3": {"N_REQUESTS": 5}}, origin="x.yaml")
+    with pytest.raises(ValueError, match="01_stage_timing declares no GAMMA"):
+        nbrun.check_parameters(every, {}, {"01": {"GAMMA": 5}})  # declared by other notebooks, not by 01
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "N_REQUEST", "5"], "-p: no notebook declares N_REQUEST"),
+    (["--params", "/nonexistent/params.yaml"], "/nonexistent/params.yaml: cannot read the params file"),
+    (["-p", "03:GANTT", "5", "--only", "01"], "03_speedup_sweep declares no GANTT"),  # checked even when not run
+])
+def test_runner_cli_rejects_bad_parameters_in_one_line(tmp_path, capsys, args, message):
+    assert nbrun.main(["--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+    assert not (tmp_path / "o").exists()  # nothing ran
     with pytest.raises(ValueError, match="matches no notebook"):
         nbrun.discover(only=["99"])
 
@@ -146,11 +174,14 @@ def test_03_speedup_sweep_tables(runs):
     best = s["best_strategy"]
     assert len(best) == 2 * 2 * 3
     assert {b["strategy"] for b in best} <= {"target_only", "prefill_then_verify", "parallel_sd", "adaptive_budget"}
-    assert all(b["speedup_of_means"] >= 1.0 - 1e-9 for b in best)  # target_only is always a candidate
+    assert all(b["speedup"] >= 1.0 - 1e-9 for b in best)  # target_only is always a candidate
     lo, hi = s["speedup_range"]
     assert 0 < lo <= 1.0 <= hi
     cell = [b for b in best if b["n_gpus"] == 2 and b["acceptance"] == 1.0 and b["output_tokens"] == 50][0]
-    assert cell["strategy"] != "target_only" and cell["speedup_of_means"] > 1.0  # perfect drafts pay on 2 GPUs
+    assert cell["strategy"] != "target_only" and cell["speedup"] > 1.0  # perfect drafts pay on 2 GPUs
+    for b in best:  # margin over the runner-up, and a tie exactly when it is inside its paired interval
+        assert b["margin"] >= 0 and b["margin_ci"] >= 0 and b["runner_up"] not in (None, b["strategy"])
+        assert b["tie"] == (b["margin"] <= b["margin_ci"] + 1e-9)
     for b in s["break_even"]:
         assert b["break_even_alpha"] is None or 0.0 <= b["break_even_alpha"] <= 1.0
     assert set(s["gantt_latency_ms"]) == {"target_only", "prefill_then_verify", "parallel_sd", "adaptive_budget"}
@@ -173,12 +204,12 @@ def test_04_adapter_targets(runs):
         a = r["alpha_per_token"]
         assert r["seed_claim_accepted"] == pytest.approx(26 * a)
         assert r["prefix_expected_accepted"] == pytest.approx(expected_accepted_iid(a, 26))
-        assert r["prefix_expected_accepted"] < r["seed_claim_accepted"] and r["speedup_of_means"] > 0
+        assert r["prefix_expected_accepted"] < r["seed_claim_accepted"] and r["speedup"] > 0
     assert {r["scenario"] for r in s["seed_scenarios"]} == {"seed adapter (27.9%)", "target 50%", "optimistic 70%", "seed plan 80%"}
-    speed = {(r["strategy"], r["n_gpus"], r["drafter_speed"]): r["speedup_of_means"] for r in s["sensitivity_drafter_speed"]}
+    speed = {(r["strategy"], r["n_gpus"], r["drafter_speed"]): r["speedup"] for r in s["sensitivity_drafter_speed"]}
     assert len(speed) == 2 * 2 * 2 and all(v > 0 for v in speed.values())
     assert speed[("parallel_sd", 2, 2.0)] >= speed[("parallel_sd", 2, 1.0)]  # a faster drafter never hurts on its own GPU
-    cont = {(r["strategy"], r["contention_scale"]): r["speedup_of_means"] for r in s["sensitivity_contention"]}
+    cont = {(r["strategy"], r["contention_scale"]): r["speedup"] for r in s["sensitivity_contention"]}
     assert cont[("parallel_sd", 0.0)] >= cont[("parallel_sd", 1.0)]  # contention only slows the shared GPU
 
 

@@ -158,7 +158,7 @@ def test_strategy_speedups_bars(example_traces):
     fig = plots.plot_strategy_speedups(summary, caption=CAP)
     ax = fig.axes[0]
     assert len(ax.patches) == 4
-    assert sorted(round(p.get_height(), 6) for p in ax.patches) == sorted(round(v, 6) for v in summary["speedup_of_means"])
+    assert sorted(round(p.get_height(), 6) for p in ax.patches) == sorted(round(v, 6) for v in summary["speedup"])
 
 
 def test_required_acceptance_marks_unreachable():
@@ -190,6 +190,14 @@ def test_seed_scenarios_claim_vs_prefix():
     a1, a2 = fig.axes
     assert max(p.get_height() for p in a1.patches) == pytest.approx(13.0)
     assert len(a2.patches) == 4 and "wrong" in texts(fig)
+    # right panel: speedup - 1 in %, on an axis zoomed to the data (not 0..1.05), every bar labelled
+    assert sorted(round(p.get_height(), 6) for p in a2.patches) == [-20.0, -20.0, 0.0, 3.0]
+    lo, hi = a2.get_ylim()
+    assert lo == pytest.approx(-hi) and 20 < hi < 40 and "%" in a2.get_ylabel()
+    assert {t.get_text() for t in a2.texts} == {"-20.0", "+0.0", "+3.0"}
+    # the strategy/GPU legend sits below the axes, not over the bars
+    assert a2.get_legend() is None and fig.legends
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"parallel_sd, 1 GPU", "parallel_sd, 2 GPUs"}
 
 
 def test_validation_scatter_with_identity_line():

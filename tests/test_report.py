@@ -53,7 +53,7 @@ def test_report_numbers_come_from_the_data(built, example_traces):
         row = next(line for line in text.splitlines() if line.startswith("| Stage 4: LLM prefill"))
         assert row.split("|")[col + 1].strip() == f"{d.median():.1f} ± {iqr:.1f} ms"
     match_rate = example_traces.acceptance["matched"].mean()
-    assert f"| Per-token match rate | {match_rate:.3f} |" in text
+    assert f"| Per-token match rate (acceptance run seed-calibrated-example) | {match_rate:.3f} |" in text
     prefix = example_traces.acceptance.groupby(["sample_id", "verify_id"])["accepted_len"].first().mean()
     assert f"{prefix:.2f} of 16 drafts" in text
     tokens = int(alone[(alone["role"] == "target") & (alone["stage"] == "prefill")]["prompt_tokens"].median())
@@ -147,12 +147,13 @@ def test_speedup_sweep_is_exactly_the_requested_grid(example_traces):
     sw = R.speedup_sweep(example_traces, ["parallel_sd"], output_tokens=[10], acceptance=[0.0, 1.0], n_gpus=[2],
                          n_requests=3, gamma=4)
     assert len(sw) == 2 * 2 and set(sw["strategy"]) == {"target_only", "parallel_sd"}
-    assert (sw["gamma"] == 4).all() and (sw["speedup_of_means"] > 0).all()
+    assert (sw["gamma"] == 4).all() and (sw["speedup"] > 0).all() and "speedup_of_means" not in sw.columns
 
 
-def test_break_even_table():
+@pytest.mark.parametrize("column", ["speedup", "speedup_of_means"])  # the second: a sweep file from before the rename
+def test_break_even_table(column):
     sweep = pd.DataFrame({"strategy": ["s"] * 3 + ["target_only"], "n_gpus": [1] * 4, "output_tokens": [10] * 4,
-                          "acceptance": [0.0, 0.5, 1.0, 0.0], "speedup_of_means": [0.9, 1.05, 1.2, 1.0]})
+                          "acceptance": [0.0, 0.5, 1.0, 0.0], column: [0.9, 1.05, 1.2, 1.0]})
     be = R.break_even_table(sweep)
     assert len(be) == 1 and be["break_even_alpha"].item() == 0.5 and be["max_speedup"].item() == 1.2
     assert np.isnan(R.break_even_table(sweep, threshold=2.0)["break_even_alpha"].item())
@@ -241,3 +242,76 @@ def test_acceptance_curve_of_one_run(example_traces):
     assert len(curve) >= 1 and all(0.0 <= c <= 1.0 for c in curve)
     with pytest.raises(ValueError, match="no acceptance rows"):
         R.acceptance_curve(example_traces, "missing-run")
+
+
+# --------------------------------------------------------------------------- issue 15: captions name acceptance
+
+
+def _captions(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith(("*Source:", "*Figure:"))]
+
+
+def test_every_caption_names_the_acceptance(built):
+    caps = _captions(built[0].read_text())
+    assert len(caps) > 20 and all("; acceptance: " in c for c in caps), [c for c in caps if "; acceptance: " not in c]
+    simulated = [c for c in caps if "strategy_speedups" in c or "timeline of one request" in c]
+    assert simulated and all("acceptance: replay of the recorded verifications (acceptance run seed-calibrated-example)" in c
+                             for c in simulated)
+
+
+def test_default_alpha_zero_is_stated_in_captions_and_figures(example_trace_dir, tmp_path):
+    (example_trace_dir / "acceptance.parquet").unlink()
+    out = tmp_path / "out"
+    text = R.build_report(example_trace_dir, out, plan=False, seed_scenarios=False, n_requests=5, alphas=()).read_text()
+    implications = text.split("## Implications for speculative decoding")[1]
+    cap = next(c for c in _captions(implications) if c.startswith("*Source:"))
+    assert "acceptance: alpha = 0 (no acceptance recorded in trace set" in cap and "a lower bound" in cap
+    fig = next(c for c in _captions(implications) if c.startswith("*Figure:"))
+    assert "alpha = 0 (no acceptance recorded" in fig
+
+
+@pytest.fixture
+def two_runs_dir(example_trace_dir):
+    """The example set with a second acceptance run (every draft rejected), in metadata too."""
+    import json
+
+    acc = pd.read_parquet(example_trace_dir / "acceptance.parquet").drop(columns=["schema_version"])
+    second = acc.assign(run_id="all-rejected", matched=False, accepted_len=0, target_in_draft_top5=False)
+    schema.write_table(pd.concat([acc, second], ignore_index=True), example_trace_dir / "acceptance.parquet",
+                       schema.ACCEPTANCE_FILE)
+    meta_path = example_trace_dir / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["runs"]["all-rejected"] = dict(next(iter(meta["runs"].values())))
+    meta_path.write_text(json.dumps(meta))
+    return example_trace_dir
+
+
+def test_pooled_acceptance_runs_are_announced_with_a_per_run_table(two_runs_dir, tmp_path):
+    kw = dict(plan=False, seed_scenarios=False, n_requests=5, alphas=())
+    text = R.build_report(two_runs_dir, tmp_path / "pooled", **kw).read_text()
+    assert "**2 acceptance runs are recorded** (all-rejected, seed-calibrated-example)" in text
+    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| all-rejected") or
+            ln.startswith("| seed-calibrated-example")}
+    assert set(rows) == {"all-rejected", "seed-calibrated-example"}
+    assert rows["all-rejected"].split("|")[4].strip() == "0.000"  # its per-token match rate, not the pooled one
+    assert "Per-token match rate (pooled over 2 acceptance runs" in text
+    assert "acceptance runs POOLED (all-rejected, seed-calibrated-example); choose one with --acceptance-run" in text
+    one = R.build_report(two_runs_dir, tmp_path / "one", acceptance_run="all-rejected", **kw).read_text()
+    assert "POOLED" not in one and "acceptance runs are recorded" not in one
+    assert "| Per-token match rate (acceptance run all-rejected) | 0.000 |" in one
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--acceptance", "abc"], "argument --acceptance: 'abc' is not one of"),
+    (["--acceptance-run", "nope"], "no run 'nope'"),
+    (["--gpus", "1,x"], "argument --gpus: 'x' is not an integer"),
+    (["--target-speedup", "-2"], "argument --target-speedup: must be a finite number > 0"),
+])
+def test_report_cli_rejects_bad_input_in_one_line(tmp_path, capsys, args, message):
+    try:
+        code = R.main(["--traces", "example/seed_calibrated", "--out", str(tmp_path / "r"), "--requests", "3", *args])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+    assert not (tmp_path / "r" / "report.md").exists()
