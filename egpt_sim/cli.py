@@ -188,16 +188,16 @@ def scenario_header(a, ts, contention=None) -> list[str]:
 
 
 def contention_lines(model, n_gpus: int) -> list[str]:
-    """The contention factors of ``model`` (a ContentionModel) as table lines."""
-    if n_gpus >= 2 or model is None or not model.factors:
-        return ["contention: none (drafter and target on separate GPUs; cross-GPU host effects not modelled)"
-                if n_gpus >= 2 else "contention: none"]
+    """The contention factors of ``model`` (a ContentionModel) as table lines: its one-line
+    header, then one row per (role, stage, peer activity) with measured / assumed."""
+    if model is None or model.domain == "none" or not model.factors:
+        return [model.header() if model is not None else "contention: none"]
     t = model.table()
-    t = t.assign(source=t["measured"].map({True: "measured", False: "assumed (not measured: fallback factor)"}))
-    body = t[["role", "stage", "contention_factor", "source"]].to_string(index=False, float_format=lambda x: f"{x:.2f}")
-    n_assumed = int((~t["measured"]).sum())
-    return [f"contention: 1 shared GPU, {model.source.removesuffix(' x1')}; factor = slow-down while the peer model runs "
-            f"({len(t) - n_assumed} measured, {n_assumed} assumed)", *("  " + ln for ln in body.splitlines())]
+    t = t.assign(source=[f"measured ({n} rows, 95% CI {lo:.2f}-{hi:.2f})" if m else f"assumed ({note})"
+                         for m, n, lo, hi, note in zip(t["measured"], t["n_rows"], t["ci_low"], t["ci_high"], t["note"])])
+    body = t[["role", "stage", "peer_activity", "contention_factor", "source"]].to_string(
+        index=False, float_format=lambda x: f"{x:.2f}")
+    return [model.header(), *("  " + ln for ln in body.splitlines())]
 
 
 def cmd_predict(a) -> int:
@@ -209,7 +209,8 @@ def cmd_predict(a) -> int:
     rows, model = [], None
     for cfg in cfgs:
         res = simulate(cfg, ts, bank=bank)
-        model = res.contention if model is None else model
+        if model is None or model.domain == "none":  # target_only runs one model: no contention to show
+            model = res.contention
         s = labels.summary_row(res.summary())
         rows.append({"strategy": cfg.strategy, "latency_mean_ms": s["latency_mean_ms"], "p90_ms": s["latency_p90_ms"],
                      "ttft_ms": s["ttft_mean_ms"], labels.SPEEDUP: s[labels.SPEEDUP],

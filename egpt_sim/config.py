@@ -52,6 +52,9 @@ class SimConfig:
         decode; times are divided). Its CPU stages keep their measured times.
     include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
     lookahead_blocks : parallel_sd drafts up to this many gamma-blocks ahead.
+    window_budget : adaptive_budget only: a fixed window budget (drafts) instead of the
+        expected-latency choice — what a validation uses to score the mechanics at the
+        budget the real executor ran with; None (default) lets the rule decide.
     """
 
     strategy: str = "prefill_then_verify"
@@ -68,6 +71,7 @@ class SimConfig:
     drafter_speed: float = 1.0
     include_cpu_stages: bool = True
     lookahead_blocks: int = 2
+    window_budget: int | None = None
     label: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -98,6 +102,8 @@ class SimConfig:
             bad("drafter_speed", "must be > 0")
         if self.lookahead_blocks < 1:
             bad("lookahead_blocks", "must be >= 1")
+        if self.window_budget is not None and not 0 <= int(self.window_budget) <= int(self.gamma):
+            bad("window_budget", "must be None or an integer in 0..gamma")
         if isinstance(self.acceptance, list):
             object.__setattr__(self, "acceptance", tuple(self.acceptance))
         a = self.acceptance

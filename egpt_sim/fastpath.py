@@ -1010,7 +1010,7 @@ def _run_chunk(traces_path, items: list, use_fast: bool) -> list[dict]:
         for idx, cfg in slow:
             summ = simulate(cfg, traces, bank=bank).summary()
             summ.pop("provenance", None)
-            summ.pop("contention", None)
+            summ.pop("contention_factors", None)
             rows.append({"_index": idx} | cfg.as_dict() | summ | {"engine": "simpy"})
     if rows:  # CPU seconds of this task (a busy machine shows up as wall >> cpu / workers)
         rows[0]["_cpu_s"] = time.process_time() - cpu0

@@ -51,7 +51,7 @@ class SimResult:
         return self.contention.header()
 
     def summary(self) -> dict:
-        return summarize(self.requests) | {"provenance": self.provenance, "contention": self.contention_header}
+        return summarize(self.requests) | {"provenance": self.provenance, "contention_factors": self.contention_header}
 
 
 def summarize(requests: pd.DataFrame) -> dict:
@@ -131,6 +131,8 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
             "factor": contention.contention_factor}
     plan["window_budget"], plan["expected_latency_ms"] = strategies.window_budget_plan(
         plan, cfg.gamma, cfg.output_tokens)
+    if cfg.window_budget is not None:  # fixed by the caller (validation at the executor's budget)
+        plan["window_budget"] = min(int(cfg.window_budget), max(0, cfg.output_tokens - 1))
     return plan
 
 

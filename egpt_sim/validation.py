@@ -50,9 +50,48 @@ def tost_equivalence(measured: np.ndarray, predicted: np.ndarray, margin: float 
     return p_tost < alpha, p_tost
 
 
+def measured_speedups(results: pd.DataFrame) -> pd.Series:
+    """Per request: measured paired speed-up = the ``target_only`` latency of the same sample,
+    output length and GPU count divided by this request's latency (NaN without a baseline)."""
+    keys = [k for k in ("sample_id", "output_tokens", "n_gpus") if k in results.columns]
+    if "sample_id" not in keys:
+        return pd.Series(np.nan, index=results.index)
+    base = results[results["strategy"] == "target_only"].groupby(keys)["latency_ms"].median()
+    idx = pd.MultiIndex.from_frame(results[keys])
+    return pd.Series(base.reindex(idx).to_numpy() / results["latency_ms"].to_numpy(), index=results.index)
+
+
+def _replayed_acceptance(ts: TraceSet):
+    """The acceptance source the executor replayed (set by :func:`load_validation_dir`), else
+    the trace set's recorded acceptance, else alpha = 0."""
+    src = getattr(ts, "replay_source", None)
+    return src if src is not None else ("trace" if ts.acceptance is not None else 0.0)
+
+
+def _cell_budget(cell: pd.DataFrame) -> int | None:
+    """The window budget the executor ran adaptive_budget with (most common value), if recorded."""
+    if "window_budget" not in cell.columns or cell["strategy"].iloc[0] != "adaptive_budget":
+        return None
+    return int(cell["window_budget"].mode().iloc[0])
+
+
+def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
+    """Simulated requests (latency_ms, speedup) for one executor cell, on one draw bank."""
+    first = cell.iloc[0]
+    cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
+                    gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
+                    acceptance=_replayed_acceptance(ts), n_requests=n_predicted, seed=seed,
+                    window_budget=_cell_budget(cell), **config)
+    return simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests
+
+
 def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
             n_predicted: int = 400, seed: int = 0, **config) -> tuple[pd.DataFrame, dict]:
-    """Predict every executor cell and compare. Returns (cells, overall)."""
+    """Predict every executor cell and compare latency and paired speed-up. Returns (cells, overall).
+
+    ``adaptive_budget`` cells are simulated at the window budget the executor recorded
+    (``window_budget`` column): the validation scores the mechanics, not the budget rule.
+    """
     missing = [c for c in RESULT_COLUMNS if c not in results.columns]
     if missing:
         raise TraceError(f"executor results: column {missing[0]!r} is missing")
@@ -62,21 +101,23 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
     res = results.copy()
     if "n_gpus" not in res.columns:
         res["n_gpus"] = 1
+    res["measured_speedup"] = measured_speedups(res)
     keys = ["n_gpus", "sigma", "strategy", "output_tokens", "gamma"]
     rows = []
     for (n_gpus, sigma, strategy, n_tok, gamma), cell in res.groupby(keys, sort=True):
-        ts = get(sigma)
-        cfg = SimConfig(strategy=strategy, output_tokens=int(n_tok), gamma=max(1, int(gamma)), n_gpus=int(n_gpus),
-                        acceptance="trace" if ts.acceptance is not None else 0.0,
-                        n_requests=n_predicted, seed=seed, **config)
-        pred = simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests["latency_ms"].to_numpy()
+        pred_rows = predict_cell(cell, get(sigma), n_predicted, seed, **config)
+        pred = pred_rows["latency_ms"].to_numpy()
         meas = cell["latency_ms"].to_numpy(dtype=float)
         med_m, med_p = float(np.median(meas)), float(np.median(pred))
         equivalent, p_tost = tost_equivalence(meas, pred) if len(meas) >= 2 else (False, float("nan"))
+        spd_m = float(cell["measured_speedup"].mean())
+        spd_p = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
         rows.append({
             "n_gpus": int(n_gpus), "sigma": sigma, "strategy": strategy, "output_tokens": int(n_tok),
-            "gamma": int(gamma), "n_measured": len(meas), "measured_median_ms": med_m,
-            "predicted_median_ms": med_p, "error_pct": 100.0 * (med_p - med_m) / med_m,
+            "gamma": int(gamma), "window_budget": _cell_budget(cell), "n_measured": len(meas),
+            "measured_median_ms": med_m, "predicted_median_ms": med_p, "error_pct": 100.0 * (med_p - med_m) / med_m,
+            "measured_speedup": spd_m, "predicted_speedup": spd_p,
+            "speedup_error": spd_p - spd_m if strategy != "target_only" else float("nan"),
             "ks_pvalue": float(stats.ks_2samp(meas, pred).pvalue) if len(meas) >= 2 else float("nan"),
             "tost_pvalue": p_tost, "tost_equivalent": bool(equivalent),
         })
@@ -86,14 +127,60 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
 
 def _overall(cells: pd.DataFrame) -> dict:
     abs_err = cells["error_pct"].abs()
+    spd = cells["speedup_error"].abs().dropna() if "speedup_error" in cells else pd.Series(dtype=float)
     return {
         "n_cells": int(len(cells)),
         "median_abs_error_pct": float(abs_err.median()),
         "p90_abs_error_pct": float(abs_err.quantile(0.9)),
         "max_abs_error_pct": float(abs_err.max()),
+        "median_abs_speedup_error": float(spd.median()) if len(spd) else float("nan"),
+        "p90_abs_speedup_error": float(spd.quantile(0.9)) if len(spd) else float("nan"),
+        "max_abs_speedup_error": float(spd.max()) if len(spd) else float("nan"),
         "ks_reject_fraction": float((cells["ks_pvalue"] < 0.05).mean()),
         "tost_equivalent_fraction": float(cells["tost_equivalent"].mean()),
     }
+
+
+def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
+                       traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
+                       n_predicted: int = 200, seed: int = 0, **config) -> pd.DataFrame:
+    """Per (strategy, actor, activity): the executor's median activity duration and its mean
+    count per request vs the simulator's, on every cell pooled — which activity is mispredicted
+    and by how much (``error_pct``; ``count_error`` in activities per request)."""
+    get = traces_for_sigma.__getitem__ if isinstance(traces_for_sigma, Mapping) else traces_for_sigma
+    res = results.copy()
+    res["n_gpus"] = res["n_gpus"] if "n_gpus" in res else 1
+    keys = ["n_gpus", "sigma", "strategy", "output_tokens", "gamma"]
+    sim_rows = []
+    for (_g, sigma, _s, _n, _k), cell in res.groupby(keys, sort=True):
+        cfg_cell = predict_cell_timeline(cell, get(sigma), n_predicted, seed, **config)
+        sim_rows.append(cfg_cell)
+    sim = pd.concat(sim_rows, ignore_index=True)
+    tl = timeline.merge(res[["request_id", "strategy"]].drop_duplicates("request_id"), on="request_id",
+                        suffixes=("_tl", "")) if "strategy" not in timeline else timeline
+    out = []
+    for name, frame, n_req in (("measured", tl, res.groupby("strategy").size()),
+                               ("predicted", sim, sim.groupby("strategy")["request_id"].nunique())):
+        d = frame.assign(duration_ms=frame["end_ms"] - frame["start_ms"])
+        g = d.groupby(["strategy", "actor", "activity"])["duration_ms"]
+        out.append(pd.DataFrame({f"{name}_median_ms": g.median(),
+                                 f"{name}_per_request": g.size() / n_req.reindex(g.size().index.get_level_values(0)).to_numpy()}))
+    both = pd.concat(out, axis=1).reset_index()
+    both["error_pct"] = 100 * (both["predicted_median_ms"] / both["measured_median_ms"] - 1)
+    both["count_error"] = both["predicted_per_request"] - both["measured_per_request"]
+    return both
+
+
+def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
+    """Simulated activity timeline (with a ``strategy`` column) of one executor cell."""
+    first = cell.iloc[0]
+    cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
+                    gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
+                    acceptance=_replayed_acceptance(ts), n_requests=n_predicted, seed=seed,
+                    window_budget=_cell_budget(cell), **config)
+    tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True).timeline
+    key = f"{first['sigma']}-{first['output_tokens']}-{first['n_gpus']}"
+    return tl.assign(strategy=first["strategy"], request_id=key + "-" + tl["request_id"].astype(str))
 
 
 def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFrame) -> pd.DataFrame:
@@ -151,16 +238,44 @@ def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[
     elif decode_from != "stages":
         raise ValueError(f"decode_from must be 'stages' or 'executor_target_only', got {decode_from!r}")
     cache: dict[float, TraceSet] = {}
+    samples = set(results["sample_id"].astype(str)) if "sample_id" in results else None
+    tails = _replay_tails(full.metadata)
 
     def traces_for(sigma: float) -> TraceSet:
         if sigma not in cache:
             sel = acc[np.isclose(acc["sigma"].astype(float), float(sigma))]
             if sel.empty:
                 raise TraceError(f"{path}: no acceptance rows with sigma={sigma}")
-            cache[sigma] = TraceSet.from_frames(stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
+            ts = TraceSet.from_frames(stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
+            ts.replay_source = _executor_source(sel, samples, tails.get(float(sigma)))
+            cache[sigma] = ts
         return cache[sigma]
 
     return results, traces_for
+
+
+def _replay_tails(metadata: dict) -> dict[float, float]:
+    """sigma -> the tail rate the executor's acceptance replay used (run metadata
+    ``acceptance_replay``; absent in folders recorded before it was written)."""
+    out = {}
+    for run in metadata.get("runs", {}).values():
+        for sigma, info in (run.get("acceptance_replay") or {}).items():
+            out[float(sigma)] = float(info["tail_alpha"])
+    return out
+
+
+def _executor_source(acceptance: pd.DataFrame, samples: set[str] | None, tail_alpha: float | None):
+    """What the executor replayed: the verification blocks of the samples it ran (per-sample
+    sources, picked uniformly), continued past censored blocks with the tail rate it used."""
+    from .acceptance import TraceAcceptance
+
+    blocks = (acceptance.groupby(["run_id", "sample_id", "verify_id"], as_index=False)
+              .agg(gamma=("gamma", "first"), accepted_len=("accepted_len", "first")))
+    if samples:
+        ran = blocks[blocks["sample_id"].astype(str).isin(samples)]
+        blocks = ran if len(ran) else blocks
+    label = f"replayed {blocks['run_id'].iloc[0]}"
+    return TraceAcceptance(blocks, tail_alpha=tail_alpha, label=label)
 
 
 def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "streams",

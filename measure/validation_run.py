@@ -147,6 +147,11 @@ def adaptive_window_budget(out: Path, cfg: ValidationConfig, source) -> int:
     return int(budget)
 
 
+def _tail_of(per_sample: dict) -> float:
+    """The tail rate shared by a sigma's per-sample replay sources (recorded for the validation)."""
+    return float(next(iter(per_sample.values())).tail_alpha)
+
+
 def _request_seed(seed: int, *keys) -> int:
     return zlib.crc32(json.dumps([seed, *keys]).encode()) & 0x7FFF_FFFF
 
@@ -219,6 +224,8 @@ def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: di
         workers=ex.workers, decode_backend=cfg.backend, window_budgets={str(k): v for k, v in budgets.items()},
         timing={"all": "host-visible spans on one host clock (perf_counter after a stream sync at both ends; "
                 "gpu_ms from CUDA events inside), times from the request's first activity (measure.timing)"},
+        acceptance_replay={f"{k:g}": {"run_id": f"acc-sigma{k:g}", "tail_alpha": _tail_of(sources[k])}
+                           for k in sources},
         acceptance={"mode": "replay", "runs": {str(k): f"acc-sigma{k:g}" for k in sources}, "method": "per-sample run lengths from the trace; "
                     "drafter proposes the target_only token for positions <= R since its last sync"},
         reuse="target_only runs once per (sample, N) and is the baseline of every sigma (sigma = NaN)")

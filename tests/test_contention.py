@@ -184,7 +184,7 @@ def test_host_contention_defaults_and_provenance(example_traces):
     res = E.simulate(cfg, example_traces)
     assert res.contention.domain == "host" and res.contention.is_trivial
     assert "not measured" in res.contention_header and "assumed 1.0" in res.contention_header
-    assert res.summary()["contention"] == res.contention_header
+    assert res.summary()["contention_factors"] == res.contention_header
     procs = contention_for(cfg.replace(contention_concurrency="processes"), example_traces)
     assert procs.is_trivial and "rule" in procs.header()
     with pytest.raises(ValueError, match="not measured"):

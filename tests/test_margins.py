@@ -35,7 +35,7 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
 @pytest.fixture(scope="module")
 def sweep(example_traces):
     cfgs = factorial(E.SimConfig(n_requests=40, output_tokens=20),
-                     {"strategy": ["target_only", "prefill_then_verify", "parallel_sd"], "n_gpus": [2],
+                     {"strategy": ["target_only", "prefill_then_verify", "parallel_sd", "adaptive_budget"], "n_gpus": [2],
                       "acceptance": [0.0, 1.0]})
     return run_sweep(cfgs, example_traces, progress=False)
 
@@ -51,7 +51,7 @@ def test_best_strategy_names_the_runner_up_and_margin(sweep):
 def test_ties_are_marked_only_inside_the_interval(sweep, example_traces):
     best = best_with_margins(sweep, example_traces).set_index("acceptance")
     zero, one = best.loc[0.0], best.loc[1.0]
-    # alpha = 0 on 2 GPUs: nothing is accepted, the speculative strategies take target_only's time: a tie
+    # alpha = 0: nothing is accepted; adaptive_budget chooses budget 0 and *is* target_only: a tie
     assert zero["tie"] and zero["margin"] == pytest.approx(0.0, abs=1e-12)
     assert format_winner(zero).startswith("≈ ") and f"/ {zero['runner_up']} " in format_winner(zero)
     # alpha = 1: every draft accepted; the lead is many intervals wide
