@@ -184,25 +184,35 @@ def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, se
 
 
 def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFrame) -> pd.DataFrame:
-    """Replace the target's ``alone`` decode-step rows by the decode steps the executor
-    ran in its ``target_only`` requests (same session, same process, long decodes).
+    """Replace the target's ``alone`` rows by what the executor's ``target_only`` requests ran
+    (same session, same processes): every activity of each baseline request becomes one
+    recorded "sample" (load, preprocess, vision_encode, prefill, decode steps in order).
 
-    Calibrating on the baseline and validating the speculative strategies keeps the
-    comparison honest: ``target_only`` cells then become calibration cells.
+    Calibrating the target on the baseline and scoring the speculative strategies keeps the
+    comparison out of sample: ``target_only`` cells then become calibration cells, the
+    speculative cells never lend a number to their own prediction.
     """
-    tl = timeline[(timeline["strategy"] == "target_only") & (timeline["actor"] == "target")
-                  & (timeline["activity"] == "decode_step")]
-    if tl.empty:
+    tl = timeline[(timeline["strategy"] == "target_only") & (timeline["actor"] == "target")]
+    if tl.empty or not (tl["activity"] == "decode_step").any():
         raise TraceError("executor timeline: no target_only decode steps to calibrate from")
     st = stage_timings
-    alone_dec = (st["role"] == "target") & (st["stage"] == "decode_step") & (st["placement"] == "alone")
-    template = st[alone_dec].iloc[0]
+    alone_t = (st["role"] == "target") & (st["placement"] == "alone")
+    template = st[alone_t & (st["stage"] == "prefill")].iloc[0]
+    tl = tl.sort_values(["request_id", "start_ms"])
     rows = pd.DataFrame([template] * len(tl)).reset_index(drop=True)
+    rows["stage"] = tl["activity"].to_numpy()
     rows["duration_ms"] = (tl["end_ms"] - tl["start_ms"]).to_numpy()
-    rows["step"] = np.arange(len(tl))
-    rows["sample_id"] = tl["sample_id"].astype(str).to_numpy() if "sample_id" in tl else "executor"
-    rows["run_id"] = "executor-target_only-decode"
-    return pd.concat([st[~alone_dec], rows], ignore_index=True)
+    rows["step"] = tl.groupby(["request_id", "activity"]).cumcount().to_numpy()
+    sid = tl["sample_id"].astype(str) if "sample_id" in tl else pd.Series("executor", index=tl.index)
+    rows["sample_id"] = (sid + "-r" + tl["request_id"].astype(str)).to_numpy()
+    prompt = int(template["prompt_tokens"])
+    dec = rows["stage"] == "decode_step"
+    rows["kv_tokens"] = np.where(dec, prompt + rows["step"], 0)
+    rows["query_tokens"] = np.where(dec, 1, np.where(rows["stage"] == "prefill", prompt, 0))
+    rows["gamma"] = 0
+    rows["run_id"] = "executor-target_only"
+    verify = st[alone_t & (st["stage"] == "verify")]  # target_only runs no verify: keep the stage rows
+    return pd.concat([st[~alone_t], verify, rows], ignore_index=True)
 
 
 def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
@@ -278,26 +288,74 @@ def _executor_source(acceptance: pd.DataFrame, samples: set[str] | None, tail_al
     return TraceAcceptance(blocks, tail_alpha=tail_alpha, label=label)
 
 
-def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "streams",
-                decode_from: str = "stages", **config) -> tuple[pd.DataFrame, dict]:
-    """``compare`` for a validation folder; contention fitted from ``concurrency`` rows
-    (the executor runs the two models as two threads: ``streams``).
+def executor_concurrency(results: pd.DataFrame) -> str:
+    """How the executor ran the two models (``workers`` column): ``processes`` or ``streams``
+    (threads on CUDA streams; also every folder recorded before the column existed)."""
+    if "workers" in results.columns and (results["workers"].astype(str) == "processes").all():
+        return "processes"
+    return "streams"
 
-    ``decode_from="executor_target_only"`` calibrates the target's decode-step pool on
-    the executor's baseline requests; ``target_only`` cells are then flagged
-    ``calibration`` and left out of the overall error figures.
+
+def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "auto",
+                decode_from: str = "stages", **config) -> tuple[pd.DataFrame, dict]:
+    """``compare`` for a validation folder; contention fitted from the rows of the executor's
+    own concurrency (``auto``: its ``workers`` column, see :func:`executor_concurrency`).
+
+    ``decode_from="executor_target_only"`` takes the target's stage rows from the executor's
+    baseline requests (:func:`decode_steps_from_executor`); ``target_only`` cells are then
+    flagged ``calibration`` and left out of the overall error figures.
     """
     results, traces_for = load_validation_dir(path, decode_from)
+    if concurrency == "auto":
+        concurrency = executor_concurrency(results)
     cells, overall = compare(results, traces_for, n_predicted=n_predicted,
                              contention_concurrency=concurrency, **config)
     cells["calibration"] = (decode_from != "stages") & (cells["strategy"] == "target_only")
     if cells["calibration"].any():
-        overall = _overall(cells[~cells["calibration"]]) | {"calibrated_on": "target_only decode steps"}
+        overall = _overall(cells[~cells["calibration"]]) | {
+            "calibrated_on": "the target's stage rows from the executor's target_only requests (other cells)"}
+    overall["contention_concurrency"] = concurrency
     return cells, overall
 
 
+GOALS = {"processes": (2.0, 5.0, 0.02), "streams": (5.0, 10.0, 0.05)}  # median %, p90 %, p90 |speed-up error|
+
+
+def verdict(overall: dict) -> str:
+    """One line: the figures against the goals of the executor's kind (README, issue 11)."""
+    med, p90, spd = GOALS.get(overall.get("contention_concurrency", "streams"), GOALS["streams"])
+    ok = (overall["median_abs_error_pct"] <= med and overall["p90_abs_error_pct"] <= p90
+          and overall.get("p90_abs_speedup_error", float("nan")) <= spd)
+    return (f"{'MEETS' if ok else 'MISSES'} the goals (median |latency error| <= {med:g} %, p90 <= {p90:g} %, "
+            f"p90 |speed-up error| <= {spd:g}): median {overall['median_abs_error_pct']:.1f} %, "
+            f"p90 {overall['p90_abs_error_pct']:.1f} %, p90 |speed-up error| {overall.get('p90_abs_speedup_error', float('nan')):.3f}")
+
+
+def scatter(cells: pd.DataFrame, path: Path, title: str) -> Path:
+    """Measured vs predicted: median latency per cell (left) and mean paired speed-up (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, (m, p, unit) in zip(axes, (("measured_median_ms", "predicted_median_ms", "median latency, ms"),
+                                       ("measured_speedup", "predicted_speedup", "paired speed-up vs target_only"))):
+        for strategy, g in cells.groupby("strategy"):
+            ax.scatter(g[m], g[p], label=strategy, s=22)
+        lo, hi = np.nanmin(cells[[m, p]].to_numpy()), np.nanmax(cells[[m, p]].to_numpy())
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.set(xlabel=f"measured {unit}", ylabel=f"predicted {unit}")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m egpt_sim.validation DIR [--out DIR]``: both calibration modes, tables + JSON."""
+    """``python -m egpt_sim.validation DIR [--out DIR]``: every mode, tables, verdict, JSON, scatter."""
     import argparse
     import json
 
@@ -305,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder")
     p.add_argument("--out", default=None, help="where to write validation_cells_*.csv / overall JSON (default: folder)")
     p.add_argument("--predicted", type=int, default=400, help="simulated requests per cell")
+    p.add_argument("--residuals", action="store_true", help="also write validation_residuals.csv (per activity)")
     a = p.parse_args(argv)
     out = Path(a.out or a.folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,8 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         summary[mode] = overall
         print(f"\n== decode steps from {mode}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                           for k, v in overall.items()))
-        print(cells[["sigma", "strategy", "output_tokens", "n_measured", "measured_median_ms", "predicted_median_ms",
-                     "error_pct", "ks_pvalue", "tost_equivalent"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(cells[["n_gpus", "sigma", "strategy", "output_tokens", "n_measured", "measured_median_ms",
+                     "predicted_median_ms", "error_pct", "measured_speedup", "predicted_speedup", "speedup_error",
+                     "ks_pvalue", "tost_equivalent"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(f"verdict ({mode}): {verdict(overall)}")
+        if mode == "stages":
+            scatter(cells, out / "validation_scatter.png", f"{Path(a.folder).name}: traces-only prediction")
+    if a.residuals:
+        results, traces_for = load_validation_dir(a.folder)
+        tl = pd.read_parquet(Path(a.folder) / "executor_timeline.parquet")
+        res = activity_residuals(results, tl, traces_for, n_predicted=min(a.predicted, 100),
+                                 contention_concurrency=executor_concurrency(results))
+        res.to_csv(out / "validation_residuals.csv", index=False, float_format="%.4g")
     (out / "validation_overall.json").write_text(json.dumps(summary, indent=1))
     return 0
 
