@@ -24,7 +24,9 @@ Sources (all return run lengths, capped at :data:`RUN_CAP`):
 Metrics (names used in every table and figure):
 
 * ``per_token_match_rate`` — fraction of draft positions whose token equals the
-  target's (all positions, also those after a mismatch);
+  target's, i.e. mean of ``matched`` (greedy runs: the target's argmax; sampled runs:
+  accepted by the speculative-sampling test) over all positions, also those after a
+  mismatch;
 * ``mean_accepted_prefix_len`` — mean accepted prefix length per verification;
 * ``p_accept_len_gt`` — per position i: P(accepted length > i).
 """

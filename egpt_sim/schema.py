@@ -71,15 +71,31 @@ verify_id             int64     verification index within the sample (0 = the dr
 position              int64     draft position within the block, 0-based
 gamma                 int64     number of drafts in this verification block
 draft_token           int64     token the drafter proposed
-target_token          int64     target's greedy (argmax) token at this position
+target_token          int64     token the target commits at this position under the
+                                run's verification rule: ``greedy``: its argmax;
+                                ``sampled``: draft_token if accepted, else the token
+                                resampled from norm(max(0, p - q))
 p_draft               float64   drafter probability of draft_token
 p_target              float64   target probability of draft_token
-matched               bool      draft_token == target_token (greedy match)
+matched               bool      the draft passes the run's verification rule: ``greedy``:
+                                draft_token == target argmax; ``sampled``: accepted by
+                                the rejection test (probability min(1, p_target /
+                                p_draft)). Either way matched == (draft_token ==
+                                target_token)
 accept_prob           float64   min(1, p_target / p_draft) (speculative sampling)
 target_in_draft_top5  bool      target_token is in the drafter's top-5 at this position
 accepted_len          int64     accepted *prefix* length of this verification, repeated
-                                on every row of the block (0..gamma)
+                                on every row of the block (0..gamma): the leading run of
+                                ``matched``
 ====================  ========  ========================================================
+
+The rule is the run's ``acceptance_rule`` metadata (``mode`` ``greedy`` or ``sampled``
+with its ``temperature``; ``measure.acceptance``). ``sampled`` is speculative sampling
+(Leviathan et al. 2023; Chen et al. 2023): drafts sampled from the drafter, p and q
+softmaxes at the same temperature, the continuation follows the committed tokens.
+``matched`` is recorded at every position, also after the first rejection (the test
+against the target's distribution given the drafted prefix). The simulator reads only
+``accepted_len`` and ``gamma``.
 
 Timeline (``TIMELINE``): one row per activity, for Gantt charts and for comparing the
 simulator with the real executor.
