@@ -304,6 +304,22 @@ def cmd_plan(a) -> int:
     return 0
 
 
+def measurement_flags(ts) -> str:
+    """`` | ...`` notes on how a measured set was taken: schema 1.0 runs (before the interleaved,
+    busy-until-the-end contention protocol) and runs whose drift check flagged them."""
+    runs = ts.metadata.get("runs", {})
+    if not runs or ts.source != "measured":
+        return ""
+    notes = []
+    if str(ts.metadata.get("schema_version", "1.0")) == "1.0":
+        notes.append("schema 1.0: measured before the contention/span fixes (alone and shared rows in "
+                     "different time blocks, target decode never beside a busy drafter)")
+    flagged = sorted(k for k, r in runs.items() if (r.get("drift") or {}).get("flagged"))
+    if flagged:
+        notes.append(f"drift > 5 % first vs last quarter in {len(flagged)} run(s): {', '.join(flagged)}")
+    return "".join(f" | {n}" for n in notes)
+
+
 def trace_set_line(path) -> str:
     """One line for ``egpt-sim traces``: provenance, acceptance runs, simulatable or not."""
     from .schema import TraceError
@@ -316,7 +332,7 @@ def trace_set_line(path) -> str:
     runs = ts.acceptance_runs()
     acc = (f"acceptance: {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(runs)})" if runs
            else "acceptance: none (use --acceptance ALPHA)")
-    line = f"{ts.provenance()} | {acc}"
+    line = f"{ts.provenance()} | {acc}{measurement_flags(ts)}"
     try:
         ts.check_simulatable()
     except TraceError as exc:  # e.g. a target-only frame sweep: data, but not simulatable

@@ -28,6 +28,7 @@ SKIP_RULES = [  # (prefix, reason): checked in order
     ("python -m measure", "measure needs torch + transformers and, at the documented sizes, a GPU; "
                           "tests/test_measure_*.py run it with tiny CPU presets"),
     ("bash scripts/", "GPU measurement scripts (an H100 for minutes)"),
+    ("python benchmarks/", "benchmarks print measured ratios from one run (minutes); run by hand"),
 ]
 CHEAP = {  # options appended per command (same option twice: argparse keeps the last)
     "predict": ["--requests", "5"],
