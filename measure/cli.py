@@ -31,7 +31,8 @@ def cmd_stages(a: argparse.Namespace) -> int:
                    run_prefix=a.run_prefix, backend=a.backend, compile_backend=a.compile_backend,
                    max_new_tokens=a.max_new_tokens,
                    resume=a.resume, consolidate=a.consolidate, progress=not a.no_progress,
-                   stage=StageConfig(decode_steps=a.decode_steps, gammas=a.gammas, warmup_samples=a.warmup))
+                   stage=StageConfig(decode_steps=a.decode_steps, gammas=a.gammas, warmup_samples=a.warmup,
+                                     cpu_stages=a.cpu_stages))
     ok, errors = execute(plan)
     if ok:
         print(_report(a.out, ok))
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=256,
                    help="room a static cache keeps after the prompt (decode steps + verify + drafts)")
     s.add_argument("--warmup", type=int, default=1, help="untimed warm-up samples per run")
+    s.add_argument("--cpu-stages", choices=("overlap", "serial"), default="overlap",
+                   help="concurrent placements: both roles' load/preprocess at once (as the executor) or one "
+                        "after the other (the protocol before schema 1.1 sets)")
     s.add_argument("--device", default="cuda:0", help="target device (and drafter's unless separate)")
     s.add_argument("--drafter-device", default=None, help="drafter device of every placement (default: the target's)")
     s.add_argument("--separate-device", default="cuda:1", help="drafter device of separate_gpu runs")

@@ -101,7 +101,8 @@ def host_info() -> dict[str, Any]:
     mps = "on" if os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or Path("/tmp/nvidia-mps").exists() else "off"
     return {"cpu_model": cpu, "cpu_cores_logical": os.cpu_count(),
             "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "unknown",
-            "torch_threads": torch.get_num_threads(), "mps": mps, "gpu_clocks": _gpu_clocks()}
+            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+            "mps": mps, "gpu_clocks": _gpu_clocks()}
 
 
 def _gpu_clocks() -> list[dict[str, str]] | str:

@@ -7,8 +7,10 @@ inside one span of :mod:`measure.timing` — the same definitions the executor u
 
 * ``alone``: one model at a time on its device (``concurrency="none"``).
 * ``shared_gpu`` / ``separate_gpu``: both models at once, the way the strategies run them.
-  Stages 1-2 run one role after the other (drafter first), then both start stage 3 together
-  (barrier). The drafter keeps drafting (decode steps; its KV wraps back to the prompt when
+  Both roles start stage 1 together and then run freely, as the executor runs them
+  (``cpu_stages="overlap"``, the default: CPU stages of two workers slow each other, and that is
+  measured), or stages 1-2 run one role after the other, drafter first, with a barrier before
+  stage 3 (``"serial"``: the protocol of every set recorded before this option). The drafter keeps drafting (decode steps; its KV wraps back to the prompt when
   its cache is full) until the target has finished its **last** timed step, so target
   prefill, verify and decode all have a busy peer — the regime ``parallel_sd`` lives in.
   ``concurrency="streams"``: two threads of this process, each on its own CUDA stream, streams
@@ -62,6 +64,8 @@ class StageConfig:
     max_draft_steps: int = 4096    # safety cap on the drafter's steps while the target works
     barrier_timeout_s: float = 600.0
     backend: str = "eager"         # recorded in every row (the pipelines carry the backend itself)
+    cpu_stages: str = "overlap"    # concurrent placements: "overlap" (both roles' load/preprocess at
+    #                                once, as the executor runs them) or "serial" (drafter's, then target's)
 
     def query_lengths(self, role: str, concurrent: bool) -> list[int]:
         """Forward lengths a role needs captured (graphs/compiled): 1, and gamma + 1 per verify."""
@@ -105,8 +109,12 @@ def role_protocol(pipe: Pipeline, sample: Sample, timer: Any, cfg: StageConfig,
     """
     out = RoleOutcome(pipe.role, pipe.frames, host0_s=timer.clock.host0_s if hasattr(timer, "clock") else 0.0)
     inputs, drafter, ok = None, pipe.role == "drafter", True
+    overlap = sync is not None and cfg.cpu_stages == "overlap"
+    turns = (pipe.role,) if not sync or overlap else ("drafter", "target")
     try:
-        for turn in ("drafter", "target") if sync else (pipe.role,):  # stages 1-2, one role at a time
+        if overlap:  # both roles start stage 1 together and run freely, as the executor does
+            sync.wait()
+        for turn in turns:  # "serial": stages 1-2 one role at a time, then a barrier before stage 3
             if turn == pipe.role:
                 try:
                     with timer.span("load", gpu=False):
@@ -115,7 +123,7 @@ def role_protocol(pipe: Pipeline, sample: Sample, timer: Any, cfg: StageConfig,
                         inputs = pipe.preprocess(loaded, sample.query)
                 except Exception as exc:  # noqa: BLE001 - recorded as a failed row; keep the barrier
                     ok = _fail(out, timer, exc)
-            if sync:
+            if sync and not overlap:
                 sync.wait()
         if ok:
             _gpu_stages(pipe, inputs, timer, cfg, out, sync, verify=not (sync and drafter))
@@ -528,6 +536,7 @@ def _run_meta(plan: RunPlan, cfg: StageConfig, infos: dict, placement: str, conc
         frames=frames, roles=list(roles), decode_steps=cfg.decode_steps, gammas=list(cfg.gammas),
         warmup_samples=cfg.warmup_samples, decode_backend=plan.backend, max_new_tokens=plan.max_new_tokens,
         drafter_schedule="drafts until the target's last timed step" if placement != "alone" else "n/a",
+        cpu_stages=cfg.cpu_stages if placement != "alone" else "n/a",
         interleaved_with=run_ids, sdpa_backends=plan.sdpa_backends, video_decoder=decoder, dataset=str(plan.dataset),
         peak_mem_scope="peak_mem_mb: device peak of the measuring process (every model it holds: "
         + ("its own" if conc == "processes" else ", ".join(sorted(in_process)))

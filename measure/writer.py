@@ -103,18 +103,20 @@ def failed_row(base: dict[str, Any], stage: str, error: BaseException | str) -> 
 
 
 def peer_overlap(outcomes: dict[str, Any]) -> dict[str, list[tuple[float, str]]]:
-    """Per span: (fraction of it covered by the peer's GPU spans, the peer's stage covering most).
-
-    The peer's CPU stages (load, preprocess) are not "busy" for contention: they run one role
-    after the other before the barrier. Activity ``none`` when nothing overlaps.
+    """Per span: (fraction of it covered by the peer's spans of the same resource, the peer's
+    stage covering most). A GPU span counts the peer's GPU spans (the GPU is what they share);
+    a CPU span (load, preprocess) the peer's CPU spans (host cores, threads). Activity ``none``
+    when nothing overlaps.
     """
     res: dict[str, list[tuple[float, str]]] = {}
+    cpu = ("load", "preprocess")
     for role, out in outcomes.items():
-        peer = sorted((s["start_ms"], s["start_ms"] + s["duration_ms"], s["stage"])
-                      for o in (o for r, o in outcomes.items() if r != role) for s in o.spans
-                      if s["stage"] not in ("load", "preprocess"))
+        spans = [(s["start_ms"], s["start_ms"] + s["duration_ms"], s["stage"])
+                 for o in (o for r, o in outcomes.items() if r != role) for s in o.spans]
+        peers = {True: sorted(x for x in spans if x[2] in cpu), False: sorted(x for x in spans if x[2] not in cpu)}
         flags = []
         for s in out.spans:
+            peer = peers[s["stage"] in cpu]
             a, b = s["start_ms"], s["start_ms"] + s["duration_ms"]
             by_stage: dict[str, float] = {}
             for st, e, stage in peer:  # peer spans never overlap each other

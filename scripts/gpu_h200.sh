@@ -17,6 +17,9 @@
 #   CPU_SMOKE=1 bash scripts/gpu_h200.sh stages val1     (tiny preset, cpu devices, 2 samples)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# CPU threads per process (inherited by spawned workers): unset, every worker's torch/OpenCV pool takes all
+# cores and two workers' CPU stages slow each other (drafter preprocess 5 -> 40 ms in the first H200 grid)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 DEST="${OUT:-out}"; WORK="${WORK:-/tmp/egpt_h200}"; mkdir -p "$DEST" "$WORK"
 if ! python3 -c "import simpy" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \

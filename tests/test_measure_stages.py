@@ -142,8 +142,10 @@ def test_zero_ok_samples_is_an_error(data_dir, tmp_path, monkeypatch, capsys):
     assert code == 1 and "NoSamplesError" in capsys.readouterr().err
 
 
-def test_shared_gpu_streams_on_cpu_records_overlap(data_dir, tmp_path):
-    (run_id,) = run_ok(plan(data_dir, tmp_path, placements=("shared_gpu",), concurrency=("streams",)))
+@pytest.mark.parametrize("cpu_stages", ["serial", "overlap"])
+def test_shared_gpu_streams_on_cpu_records_overlap(data_dir, tmp_path, cpu_stages):
+    (run_id,) = run_ok(plan(data_dir, tmp_path, placements=("shared_gpu",), concurrency=("streams",),
+                            stage={"cpu_stages": cpu_stages}))
     df = schema.read_table(tmp_path, "stage_timings")
     assert run_id == "fp32-shared_gpu-streams-f2" and set(df["placement"]) == {"shared_gpu"}
     assert df["start_ms"].notna().all() and df["peer_busy"].dtype == bool
@@ -151,8 +153,13 @@ def test_shared_gpu_streams_on_cpu_records_overlap(data_dir, tmp_path):
         d, t = g[g["role"] == "drafter"], g[g["role"] == "target"]
         end = lambda rows, stage: float((rows["start_ms"] + rows["duration_ms"])[rows["stage"] == stage].max())  # noqa: E731
         start = lambda rows, stage: float(rows["start_ms"][rows["stage"] == stage].min())  # noqa: E731
-        assert end(d, "preprocess") <= start(t, "load")  # stages 1-2: one role after the other
-        assert min(start(d, "vision_encode"), start(t, "vision_encode")) >= end(t, "preprocess")  # barrier
+        if cpu_stages == "serial":
+            assert end(d, "preprocess") <= start(t, "load")  # stages 1-2: one role after the other
+            assert min(start(d, "vision_encode"), start(t, "vision_encode")) >= end(t, "preprocess")  # barrier
+        else:  # both start stage 1 together (one barrier), as the executor runs them
+            assert start(t, "load") < end(d, "preprocess") and start(d, "load") < end(t, "load")
+            cpu = g[g["stage"].isin(["load", "preprocess"]) & (g["overlap_frac"] > 0)]
+            assert len(cpu) and set(cpu["peer_activity"]) <= {"load", "preprocess"}
         assert "verify" not in set(d["stage"]) and len(t[t["stage"] == "verify"]) == 2
         dec = d[d["stage"] == "decode_step"]
         t_done = end(t, "decode_step")
@@ -289,7 +296,7 @@ def test_peer_overlap_fraction_and_activity():
         "target": out("target", [("load", 0, 5), ("prefill", 10, 20), ("decode_step", 30, 40)]),
         "drafter": out("drafter", [("preprocess", 0, 5), ("prefill", 10, 13), ("decode_step", 13, 20),
                                    ("decode_step", 30, 39)])})
-    assert res["target"][0] == (0.0, "none")  # the peer's CPU stages are not contention
+    assert res["target"][0] == (1.0, "preprocess")  # a CPU span counts the peer's CPU spans
     assert res["target"][1] == (1.0, "decode_step")  # 3 ms prefill + 7 ms decode: decode dominates
     assert res["target"][2][0] == pytest.approx(0.9) and res["target"][2][1] == "decode_step"
     assert res["drafter"][1] == (1.0, "prefill")
@@ -330,3 +337,23 @@ def test_provenance_records_commit_stamp_host_and_4bit_counts(monkeypatch):
     counts = presets.parameter_counts(Packed(), "4bit")
     assert counts["n_params"] == 23 and counts["param_storage"] == {"nf4 (packed uint8)": 20, "float16": 3}
     assert presets.parameter_counts(Packed(), None)["n_params"] == 13
+
+
+def test_configurations_are_interleaved_per_sample(data_dir, tmp_path, monkeypatch):
+    """Sample-major order: every configuration measures sample i before any measures sample i + 1,
+    so a contention factor compares rows taken minutes apart at most."""
+    order, real = [], writer.TraceWriter.write_sample
+
+    def record(self, sample_id, rows):
+        order.append((sample_id, self.run_id))
+        return real(self, sample_id, rows)
+
+    monkeypatch.setattr(writer.TraceWriter, "write_sample", record)
+    ok = run_ok(plan(data_dir, tmp_path, placements=("alone", "shared_gpu"), concurrency=("streams",),
+                     stage={"decode_steps": 1, "gammas": (1,)}))
+    assert ok == ["fp32-alone-none-f2", "fp32-shared_gpu-streams-f2"]
+    assert [s for s, _ in order] == ["000000", "000000", "000001", "000001", "000002", "000002"]
+    assert [r for _, r in order[:2]] == ok
+    meta = schema.read_metadata(tmp_path)["runs"]["fp32-alone-none-f2"]
+    assert meta["interleaved_with"] == ok and meta["cpu_stages"] == "n/a"
+    assert schema.read_metadata(tmp_path)["runs"]["fp32-shared_gpu-streams-f2"]["cpu_stages"] == "overlap"
