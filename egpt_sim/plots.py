@@ -783,6 +783,29 @@ def _seed_speedup_panel(ax, scenarios: pd.DataFrame, names: list[str]) -> None:
 # --------------------------------------------------------------------------- validation
 
 
+def plot_activity_residuals(residuals: pd.DataFrame, caption: str | None = None):
+    """Which activity the simulator mispredicts: (simulated / executor median duration - 1) in %
+    per strategy x actor x activity, labelled with the executor's median (ms) and the error in
+    activities per request (simulated - executor)."""
+    r = residuals.dropna(subset=["error_pct"]).sort_values(["strategy", "actor", "activity"])
+    labels = [f"{s} · {a} · {act}" for s, a, act in zip(r["strategy"], r["actor"], r["activity"])]
+    fig, ax = plt.subplots(figsize=(8, 0.26 * len(r) + 1.5))
+    y = np.arange(len(r))
+    colors = ["#c0392b" if abs(e) > 10 else "#e67e22" if abs(e) > 5 else "#2e86c1" for e in r["error_pct"]]
+    ax.barh(y, r["error_pct"], color=colors)
+    for yi, (e, m, c) in enumerate(zip(r["error_pct"], r["measured_median_ms"], r["count_error"])):
+        ax.text(max(e, 0.0), yi, f" {m:.1f} ms" + (f", {c:+.1f}/req" if abs(c) >= 0.05 else ""), va="center",
+                ha="left", fontsize=7)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(yticks=y, yticklabels=labels, xlabel="simulated vs executor median duration, %")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    ax.set_title("Per-activity residuals (executor timeline vs simulated timeline)", fontsize=10)
+    _caption(fig, caption)
+    fig.tight_layout()
+    return fig
+
+
 def plot_validation(cells: pd.DataFrame, caption: str | None = None, title: str | None = None):
     """Measured vs predicted median latency per validation cell, with y = x and +-10 %.
 

@@ -467,6 +467,8 @@ def load_validation(validation_dir: str | Path | None = None, **compare_kw) -> V
     message instead of an error; a folder that exists but is unusable raises (TraceError).
     """
     folder = Path(validation_dir) if validation_dir is not None else DATA_DIR / "h100" / "validation"
+    if not folder.is_dir() and (DATA_DIR / str(validation_dir)).is_dir():  # a bundled name, e.g. h200/...
+        folder = DATA_DIR / str(validation_dir)
     if not folder.is_dir():
         return ValidationData(False, f"no validation data: folder {folder} does not exist")
     try:
@@ -484,6 +486,23 @@ def load_validation(validation_dir: str | Path | None = None, **compare_kw) -> V
     except TraceError:
         caption = f"validation data: {folder}"
     return ValidationData(True, msg, cells, dict(overall), caption)
+
+
+def load_residuals(validation_dir: str | Path | None = None, n_predicted: int = 100) -> pd.DataFrame | None:
+    """Per-activity residuals (executor vs simulated median duration and count per request,
+    :func:`egpt_sim.validation.activity_residuals`) of a validation folder; None when the folder
+    has no executor timeline."""
+    from .validation import activity_residuals, executor_concurrency, load_validation_dir
+
+    folder = Path(validation_dir) if validation_dir is not None else DATA_DIR / "h100" / "validation"
+    if not folder.is_dir() and (DATA_DIR / str(validation_dir)).is_dir():
+        folder = DATA_DIR / str(validation_dir)
+    if not (folder / "executor_timeline.parquet").exists():
+        return None
+    results, traces_for = load_validation_dir(folder)
+    timeline = pd.read_parquet(folder / "executor_timeline.parquet")
+    return activity_residuals(results, timeline, traces_for, n_predicted=n_predicted,
+                              contention_concurrency=executor_concurrency(results))
 
 
 def records(df: pd.DataFrame | None) -> list[dict]:
