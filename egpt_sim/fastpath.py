@@ -96,13 +96,16 @@ from .runner import (
     REQUEST_COLUMNS,
     TIMELINE_COLUMNS,
     SimResult,
+    check_bank_scenario,
     contention_for,
     draw_bank,
     planning_inputs,
     simulate,
+    time_source_detail,
 )
 from .schema import CPU_STAGES
 from .traces import PREFILL_PHASE_STAGES, TraceSet
+from .whatif import scenario_traces, time_source_of
 
 __all__ = ["simulate_fast", "simulate_arrays", "simulate_many", "run_grid", "summarize_arrays", "engine_for", "FAST_STRATEGIES"]
 
@@ -867,12 +870,18 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
 
     Scenarios of the same strategy, GPU placement and length are stacked (up to
     ``max_batch`` per engine call) to amortise numpy's per-call overhead; results come
-    back in input order, each exactly what a lone call would give.
+    back in input order, each exactly what a lone call would give. The scenarios share
+    one what-if shape (they share draws): their trace set is ``scenario_traces``'s.
     """
     cfgs = list(cfgs)
     if not cfgs:
         return []
+    keys = {c.scenario_key for c in cfgs}
+    if len(keys) > 1:
+        raise ValueError(f"simulate_many: scenarios of different what-if shapes share no draws: {sorted(map(str, keys))}")
+    traces = scenario_traces(cfgs[0], traces)
     bank = bank if bank is not None else draw_bank(cfgs[0], traces)
+    check_bank_scenario(bank, traces)
     for c in cfgs:
         _check_bank(c, bank)
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -903,13 +912,14 @@ def simulate_arrays(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = No
     return simulate_many([cfg], traces, bank, aggregate=aggregate)[0]
 
 
-def _frame(cfg: SimConfig, arr: dict) -> pd.DataFrame:
+def _frame(cfg: SimConfig, arr: dict, time_source: str = "trace") -> pd.DataFrame:
     data = {"request_id": np.arange(cfg.n_requests)}
     data.update({k: arr[k] for k in REQUEST_COLUMNS if k in arr})
     req = pd.DataFrame(data)
     for k in ("strategy", "n_gpus", "output_tokens", "gamma"):
         req[k] = getattr(cfg, k)
     req["acceptance"] = cfg.acceptance_label
+    req["time_source"] = time_source
     return req[list(REQUEST_COLUMNS)]
 
 
@@ -923,9 +933,10 @@ def simulate_fast(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = None
     """
     if timeline:
         raise ValueError("simulate_fast has no timeline; use egpt_sim.simulate(..., timeline=True)")
+    traces = scenario_traces(cfg, traces)
     arr = simulate_arrays(cfg, traces, bank, aggregate=aggregate)
-    return SimResult(cfg, _frame(cfg, arr), pd.DataFrame(columns=list(TIMELINE_COLUMNS)),
-                     _provenance(traces), contention_for(cfg, traces))
+    return SimResult(cfg, _frame(cfg, arr, time_source_of(traces)), pd.DataFrame(columns=list(TIMELINE_COLUMNS)),
+                     _provenance(traces), contention_for(cfg, traces), time_source_detail(traces))
 
 
 def summarize_arrays(a: dict) -> dict:
@@ -956,7 +967,7 @@ _WORKER_STATE: dict = {"traces": {}, "banks": {}}
 
 
 def _bank_key(cfg: SimConfig) -> tuple:
-    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
+    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages, cfg.scenario_key)
 
 
 def _worker_traces(path) -> TraceSet:
@@ -1005,12 +1016,14 @@ def _run_chunk(traces_path, items: list, use_fast: bool) -> list[dict]:
         slow = [(i, c) for i, c in group if engine_for(c, use_fast) != "fast"]
         if fast:
             outs = simulate_many([c for _, c in fast], traces, bank)
+            source = time_source_of(scenario_traces(fast[0][1], traces))
             for (idx, cfg), arr in zip(fast, outs):
-                rows.append({"_index": idx} | cfg.as_dict() | summarize_arrays(arr) | {"engine": "fast"})
+                rows.append({"_index": idx} | cfg.as_dict() | summarize_arrays(arr) | {"time_source": source, "engine": "fast"})
         for idx, cfg in slow:
             summ = simulate(cfg, traces, bank=bank).summary()
             summ.pop("provenance", None)
             summ.pop("contention_factors", None)
+            summ.pop("time_source_detail", None)
             rows.append({"_index": idx} | cfg.as_dict() | summ | {"engine": "simpy"})
     if rows:  # CPU seconds of this task (a busy machine shows up as wall >> cpu / workers)
         rows[0]["_cpu_s"] = time.process_time() - cpu0
