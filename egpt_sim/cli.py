@@ -124,7 +124,7 @@ def _sim_opts(p: argparse.ArgumentParser, requests: int = 200) -> None:
 
 
 SHAPE_OPTIONS = ("target_frames", "drafter_frames", "target_resolution", "target_prompt_tokens",
-                 "drafter_prompt_tokens", "drafter_params_b", "time_source", "cost_model")
+                 "drafter_prompt_tokens", "drafter_params_b", "stage_times", "cost_model")
 
 
 def _shape_opts(p: argparse.ArgumentParser) -> None:
@@ -141,12 +141,12 @@ def _shape_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drafter-params-b", type=POSITIVE_FLOAT, default=None,
                    help="drafter size, billions of parameters: prefill/decode/verify scaled by weight bytes "
                         "(GPU-bound backends only)")
-    g.add_argument("--time-source", choices=["auto", "trace", "model"], default="auto",
+    g.add_argument("--stage-times", choices=["auto", "trace", "model"], default=None,
                    help="auto = replay measured shapes, cost model otherwise; model = always the cost model; "
-                        "trace = error where a shape was not measured")
-    g.add_argument("--cost-model", default="auto",
+                        "trace = error where a shape was not measured (None = auto)")
+    g.add_argument("--cost-model", default=None,
                    help="trace sets the cost model is fitted on besides --traces: 'auto' (bundled sets of the same "
-                        "GPU and decode backend) or a comma list")
+                        "GPU and decode backend) or a comma list (None = auto)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -64,9 +64,10 @@ class SimConfig:
         overrides frames x tokens per frame + the recorded text tokens).
     drafter_params_b : drafter size in billions of parameters; its prefill, decode and
         verify times are scaled by weight bytes (GPU-bound backends only).
-    time_source : ``"auto"`` (replay a role whose shape was measured, else draw it from
-        the cost model), ``"model"`` (always the cost model) or ``"trace"`` (error where a
-        role was not measured).
+    stage_times : where stage times come from: ``"auto"`` (replay a role whose shape was
+        measured, else draw it from the cost model), ``"model"`` (always the cost model) or
+        ``"trace"`` (error where a role was not measured). Results say which was used in
+        their ``time_source`` column (``trace`` | ``model``).
     cost_model : trace sets the cost model is fitted on besides the simulated one:
         ``"auto"`` (bundled sets measured on the same GPU with the same decode backend)
         or a comma list of bundled names / folders.
@@ -93,7 +94,7 @@ class SimConfig:
     target_prompt_tokens: int | None = None
     drafter_prompt_tokens: int | None = None
     drafter_params_b: float | None = None
-    time_source: str = "auto"
+    stage_times: str = "auto"
     cost_model: str = "auto"
     label: str = field(default="", compare=False)
 
@@ -160,8 +161,8 @@ class SimConfig:
             if isinstance(self.drafter_params_b, bool) or not 0 < float(self.drafter_params_b) < 1e4:
                 bad("drafter_params_b", "must be None or a size in billions of parameters > 0")
             object.__setattr__(self, "drafter_params_b", float(self.drafter_params_b))
-        if self.time_source not in ("auto", "trace", "model"):
-            bad("time_source", "must be 'auto', 'trace' or 'model'")
+        if self.stage_times not in ("auto", "trace", "model"):
+            bad("stage_times", "must be 'auto', 'trace' or 'model'")
         if not isinstance(self.cost_model, str) or not self.cost_model.strip():
             bad("cost_model", "must be 'auto' or a comma list of trace sets")
 
@@ -169,7 +170,7 @@ class SimConfig:
     def scenario_key(self) -> tuple | None:
         """The what-if shape fields, or None when the recorded shape is simulated as is."""
         key = (self.target_frames, self.drafter_frames, self.target_resolution, self.target_prompt_tokens,
-               self.drafter_prompt_tokens, self.drafter_params_b, self.time_source, self.cost_model)
+               self.drafter_prompt_tokens, self.drafter_params_b, self.stage_times, self.cost_model)
         return None if key == (None,) * 6 + ("auto", "auto") else key
 
     @property

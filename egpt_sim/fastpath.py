@@ -899,27 +899,29 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
             for i, out in zip(part, outs):
                 out["baseline_latency_ms"] = base.copy()
                 out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"]
+                out["time_source"] = time_source_of(traces)  # trace | model (egpt_sim.whatif)
                 results[i] = out
     return results
 
 
 def simulate_arrays(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = None, *,
                     aggregate: bool = True) -> dict:
-    """Per-request result columns as numpy arrays (latency, counters, baseline, speedup).
+    """Per-request result columns as numpy arrays (latency, counters, baseline, speedup)
+    and ``time_source`` (a string: ``trace`` | ``model``).
 
     ``aggregate=False`` keeps the window strategies on the plain event loop (for tests).
     """
     return simulate_many([cfg], traces, bank, aggregate=aggregate)[0]
 
 
-def _frame(cfg: SimConfig, arr: dict, time_source: str = "trace") -> pd.DataFrame:
+def _frame(cfg: SimConfig, arr: dict) -> pd.DataFrame:
     data = {"request_id": np.arange(cfg.n_requests)}
-    data.update({k: arr[k] for k in REQUEST_COLUMNS if k in arr})
+    data.update({k: arr[k] for k in REQUEST_COLUMNS if k in arr and k != "time_source"})
     req = pd.DataFrame(data)
     for k in ("strategy", "n_gpus", "output_tokens", "gamma"):
         req[k] = getattr(cfg, k)
     req["acceptance"] = cfg.acceptance_label
-    req["time_source"] = time_source
+    req["time_source"] = arr.get("time_source", "trace")
     return req[list(REQUEST_COLUMNS)]
 
 
@@ -935,7 +937,7 @@ def simulate_fast(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = None
         raise ValueError("simulate_fast has no timeline; use egpt_sim.simulate(..., timeline=True)")
     traces = scenario_traces(cfg, traces)
     arr = simulate_arrays(cfg, traces, bank, aggregate=aggregate)
-    return SimResult(cfg, _frame(cfg, arr, time_source_of(traces)), pd.DataFrame(columns=list(TIMELINE_COLUMNS)),
+    return SimResult(cfg, _frame(cfg, arr), pd.DataFrame(columns=list(TIMELINE_COLUMNS)),
                      _provenance(traces), contention_for(cfg, traces), time_source_detail(traces))
 
 
@@ -958,6 +960,7 @@ def summarize_arrays(a: dict) -> dict:
         "window_accepted_mean_tokens": float(np.mean(a["window_accepted"])),
         "drafted_mean_tokens": float(np.mean(a["drafted_tokens"])),
         "verify_passes_mean": float(np.mean(a["verify_passes"])),
+        "time_source": str(a.get("time_source", "trace")),
     }
 
 
@@ -1016,9 +1019,8 @@ def _run_chunk(traces_path, items: list, use_fast: bool) -> list[dict]:
         slow = [(i, c) for i, c in group if engine_for(c, use_fast) != "fast"]
         if fast:
             outs = simulate_many([c for _, c in fast], traces, bank)
-            source = time_source_of(scenario_traces(fast[0][1], traces))
             for (idx, cfg), arr in zip(fast, outs):
-                rows.append({"_index": idx} | cfg.as_dict() | summarize_arrays(arr) | {"time_source": source, "engine": "fast"})
+                rows.append({"_index": idx} | cfg.as_dict() | summarize_arrays(arr) | {"engine": "fast"})
         for idx, cfg in slow:
             summ = simulate(cfg, traces, bank=bank).summary()
             summ.pop("provenance", None)

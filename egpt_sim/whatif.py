@@ -33,7 +33,7 @@ A :class:`~egpt_sim.config.SimConfig` names a shape per role (``target_frames``,
   cost-model set whose target prompt is nearest to the scenario's among those with
   concurrent rows of the simulated placement and concurrency (ties: the base).
 
-``SimConfig.time_source``: ``auto`` (the rules above), ``model`` (every role from the
+``SimConfig.stage_times``: ``auto`` (the rules above), ``model`` (every role from the
 cost model, even at a measured shape: smooth curves, validation) or ``trace`` (an error
 where a role is not measured). Results say which: ``time_source`` (``trace`` | ``model``)
 in every request row and summary, :attr:`Scenario.detail` in prediction headers.
@@ -63,7 +63,9 @@ SAME_PARAMS_REL = 0.01
 class RoleShape:
     """One role's shape in a scenario: frames, resolution (px), prompt tokens, vision
     tokens (frames × patches incl. CLS), parameter scale (drafter: params_b / measured),
-    ``source`` (``trace`` | ``model``) and ``why`` (one phrase)."""
+    ``source`` (``trace`` | ``model``) and ``why`` (one phrase). ``prompt_given``: the
+    prompt length was set directly; else each moved sample keeps its own text tokens
+    (``prompt_tokens`` is then the base's median text + the frames' tokens)."""
 
     role: str
     frames: int
@@ -73,6 +75,15 @@ class RoleShape:
     params_b: float = float("nan")
     source: str = "trace"
     why: str = "as recorded"
+    prompt_given: bool = False
+
+    def prompt_for(self, prompt: float, frames: float, resolution: int) -> float:
+        """The prompt a recorded sample (``prompt`` tokens, ``frames`` at ``resolution``) has
+        in this shape: the same text tokens, this shape's frame tokens (or the given prompt)."""
+        if self.prompt_given:
+            return float(self.prompt_tokens)
+        per = C.llm_tokens_per_frame
+        return float(prompt + self.frames * per(self.role, self.resolution) - frames * per(self.role, int(resolution)))
 
     @property
     def vision_tokens(self) -> int:
@@ -142,14 +153,14 @@ def _role_shape(cfg, base: TraceSet, role: str, backend: str) -> RoleShape:
                              f"needs a GPU-bound backend ({', '.join(C.GPU_BOUND_BACKENDS)})")
     same = (frames == frames0 and res == res0 and scale == 1.0
             and abs(prompt - prompt0) <= max(SAME_PROMPT_TOKENS, SAME_PROMPT_REL * prompt0))
-    if same and cfg.time_source != "model":
+    if same and cfg.stage_times != "model":
         return RoleShape(role, frames, res, int(round(prompt0)), 1.0, params, "trace", f"measured in {base.label}")
-    if cfg.time_source == "trace":
-        raise ValueError(f"SimConfig.time_source: 'trace', but {role} {frames} frames @{res} px, {prompt} prompt tokens"
+    if cfg.stage_times == "trace":
+        raise ValueError(f"SimConfig.stage_times: 'trace', but {role} {frames} frames @{res} px, {prompt} prompt tokens"
                          f"{f', {params:g}B params' if scale != 1.0 else ''} was not measured in {base.label} "
                          f"({frames0} frames @{res0} px, {prompt0:.0f} tokens); use 'auto' or 'model'")
-    why = "forced by time_source='model'" if same else f"not measured in {base.label}"
-    return RoleShape(role, frames, res, prompt, scale, params, "model", why)
+    why = "forced by stage_times='model'" if same else f"not measured in {base.label}"
+    return RoleShape(role, frames, res, prompt, scale, params, "model", why, prompt_given=bool(tokens))
 
 
 def resolve_scenario(cfg, base: TraceSet) -> Scenario:
@@ -265,24 +276,37 @@ def _donors(base_tab: RoleSamples, shape: RoleShape, cm: C.CostModel, base_label
     return _Donors([list(near)] * n, f"{len(near)} samples of {what} ({', '.join(sets)}) moved along the laws")
 
 
+def _ratio(cm: C.CostModel, role: str, stage: str, x_new, x_old, gamma: int = 0) -> np.ndarray:
+    """law(x_new) / law(x_old) of (role, stage); refused where the law could not be fitted
+    (one shape measured by either role) and the shape changes."""
+    law = cm.law(role, stage, gamma)
+    x_new, x_old = np.asarray(x_new, float), np.asarray(x_old, float)
+    if law.source.startswith("flat: one shape") and np.any(np.abs(x_new - x_old) > 1e-9 * np.abs(x_old)):
+        raise TraceError(f"{cm.label}: '{stage}' of role '{role}' was measured at one {law.x} only "
+                         f"({law.x_range[0]:.0f}), so its cost at {float(np.max(x_new)):.0f} is unknown; fit the cost "
+                         "model on a set with a frame sweep on this GPU and backend (SimConfig.cost_model)")
+    return law.ratio(x_new, x_old)
+
+
 def _moved_sample(data: C.RoleData, d: int, shape: RoleShape, cm: C.CostModel, load_ms: float) -> dict:
     """Sample ``d`` of ``data`` moved to ``shape``: phase (4,), decode steps, verify by gamma."""
     role, s = shape.role, shape.params_scale
-    dp = shape.prompt_tokens - data.prompt_tokens[d]
+    p_new = shape.prompt_for(data.prompt_tokens[d], data.frames[d], int(data.resolution[d]))
+    dp = p_new - data.prompt_tokens[d]
     vt_old, vt_new = data.vision_tokens[d], shape.vision_tokens
     ph = np.nan_to_num(data.phase_ms[d].copy(), nan=0.0)
     ph[0] = load_ms
-    ph[1] *= cm.law(role, "preprocess").ratio(vt_new, vt_old)
-    ph[2] *= cm.law(role, "vision_encode").ratio(vt_new, vt_old)
-    ph[3] *= cm.law(role, "prefill").ratio(shape.prompt_tokens, data.prompt_tokens[d]) * s
+    ph[1] *= _ratio(cm, role, "preprocess", vt_new, vt_old)
+    ph[2] *= _ratio(cm, role, "vision_encode", vt_new, vt_old)
+    ph[3] *= _ratio(cm, role, "prefill", p_new, data.prompt_tokens[d]) * s
     steps = np.isfinite(data.decode_ms[d])
     kv = data.decode_kv[d, steps]
-    dec = data.decode_ms[d, steps] * cm.law(role, "decode_step").ratio(np.maximum(kv + dp, 1.0), kv) * s
+    dec = data.decode_ms[d, steps] * _ratio(cm, role, "decode_step", np.maximum(kv + dp, 1.0), kv) * s
     ver = {}
     for j, g in enumerate(data.gammas):
         if np.isfinite(data.verify_ms[d, j]):
             kvg = data.verify_kv[d, j]
-            ver[int(g)] = float(data.verify_ms[d, j] * cm.law(role, "verify", int(g)).ratio(max(kvg + dp, 1.0), kvg) * s)
+            ver[int(g)] = float(data.verify_ms[d, j] * _ratio(cm, role, "verify", max(kvg + dp, 1.0), kvg, int(g)) * s)
     return {"phase": ph, "decode": dec, "verify": ver}
 
 
