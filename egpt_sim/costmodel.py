@@ -104,11 +104,11 @@ class Law:
     def describe(self) -> str:
         p = self.params
         if self.form == "roofline":
-            return f"max({p[0]:.3g}, {p[1]:.3g}·x + {p[2]:.3g}·x²)"
+            return f"max({p[0]:.3g}, {p[1]:.3g}*x + {p[2]:.3g}*x^2)"
         if self.form == "affine":
-            return f"{p[0]:.3g} + {p[1]:.3g}·x"
+            return f"{p[0]:.3g} + {p[1]:.3g}*x"
         if self.form == "proportional":
-            return f"{p[0]:.4g}·x"
+            return f"{p[0]:.4g}*x"
         return f"{p[0]:.3g}"
 
 

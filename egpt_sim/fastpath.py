@@ -899,7 +899,7 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
             for i, out in zip(part, outs):
                 out["baseline_latency_ms"] = base.copy()
                 out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"]
-                out["time_source"] = time_source_of(traces)  # trace | model (egpt_sim.whatif)
+                out["time_source"] = time_source_of(traces, cfgs[i].strategy)  # trace | model (egpt_sim.whatif)
                 results[i] = out
     return results
 

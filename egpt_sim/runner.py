@@ -193,7 +193,7 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
         else:
             row["baseline_latency_ms"] = run_request(base_cfg, draws, source, contention)["latency_ms"]
         rows.append(row)
-    req = finish_requests(pd.DataFrame(rows), cfg, time_source_of(traces))
+    req = finish_requests(pd.DataFrame(rows), cfg, time_source_of(traces, cfg.strategy))
     tl_df = pd.DataFrame(events, columns=list(TIMELINE_COLUMNS))
     return SimResult(cfg, req, tl_df, traces.provenance(), contention, time_source_detail(traces))
 

@@ -473,9 +473,15 @@ def scenario_traces(cfg, traces: TraceSet) -> TraceSet:
     return traces._cache[cache]
 
 
-def time_source_of(traces: TraceSet) -> str:
-    """``trace`` for a recorded trace set, the scenario's for a :class:`ScenarioTraceSet`."""
-    return getattr(traces, "time_source", "trace")
+def time_source_of(traces: TraceSet, strategy: str | None = None) -> str:
+    """Where a result's stage times came from: ``trace`` for a recorded trace set; for a
+    :class:`ScenarioTraceSet` the target's source for ``target_only`` (it runs the target
+    alone), else the scenario's (``model`` when either role is modelled: every other
+    strategy's latency or its target_only baseline uses both)."""
+    scenario = getattr(traces, "scenario", None)
+    if scenario is None:
+        return "trace"
+    return scenario.target.source if strategy == "target_only" else scenario.time_source
 
 
 # --------------------------------------------------------------------------- held-out shapes
@@ -554,3 +560,54 @@ def holdout_summary(cells: "pd.DataFrame") -> "pd.DataFrame":
         median_abs_err_of_p90_pct=("abs_p90", "median")).reset_index()
     out["goal_met"] = (out["median_abs_err_pct"] <= 5.0) & (out["p90_abs_err_pct"] <= 10.0)
     return out
+
+
+# --------------------------------------------------------------------------- sweeps over shapes
+
+
+def shape_sweep(traces: TraceSet, target_frames, drafter_params_b, n_gpus=(1, 2),
+                strategies=("prefill_then_verify", "parallel_sd"), **config) -> "pd.DataFrame":
+    """Every strategy (and ``target_only``) at every (target frames, drafter size, GPU
+    count), on the same draws per shape (fast path). ``config``: other SimConfig fields.
+
+    One row per scenario: ``time_source``, ``target_prompt_tokens``, ``drafter_step_ms``
+    (median draft step), ``window_ms`` (mean target prefill end - drafter prefill end: the
+    time the drafter drafts in while the target prefills), ``window_capacity_drafts``
+    (window_ms / drafter_step_ms: drafts that would fit), ``window_drafts`` (drafted in
+    the window: hidden behind the target's prefill, at most gamma), ``window_accepted``,
+    ``latency_mean_ms`` and ``speedup`` (mean target_only latency / mean latency).
+    """
+    import pandas as pd
+
+    from .config import SimConfig
+    from .fastpath import simulate_many, summarize_arrays
+    from .runner import draw_bank
+
+    rows = []
+    for f in target_frames:
+        for p in drafter_params_b:
+            base = SimConfig(target_frames=int(f), drafter_params_b=float(p), **config)
+            sc = scenario_traces(base, traces)
+            cfgs = [base.replace(strategy=s, n_gpus=int(g)) for g in n_gpus for s in ("target_only", *strategies)]
+            outs = simulate_many(cfgs, traces, draw_bank(base, traces))
+            step = float(np.nanmedian(sc.sample_tables["drafter"].decode_ms)) / base.drafter_speed
+            for c, o in zip(cfgs, outs):
+                s = summarize_arrays(o)
+                window = float(np.nanmean(o["target_prefill_end_ms"] - o["drafter_prefill_end_ms"]))
+                rows.append({"target_frames": int(f), "drafter_params_b": float(p), "n_gpus": c.n_gpus,
+                             "strategy": c.strategy, "time_source": s["time_source"],
+                             "target_prompt_tokens": sc.prompt_tokens("target"), "drafter_step_ms": step,
+                             "window_ms": window, "window_capacity_drafts": window / step,
+                             "window_drafts": s["window_drafts_mean_tokens"],
+                             "window_accepted": s["window_accepted_mean_tokens"],
+                             "latency_mean_ms": s["latency_mean_ms"], "speedup": s["speedup_of_means"]})
+    return pd.DataFrame(rows)
+
+
+def pays_table(sweep: "pd.DataFrame") -> "pd.DataFrame":
+    """Per (GPU count, target frames, drafter size): the best speculative strategy and its
+    speed-up, and ``pays`` (speed-up > 1: faster than target_only on the same draws)."""
+    d = sweep[sweep["strategy"] != "target_only"]
+    best = d.loc[d.groupby(["n_gpus", "target_frames", "drafter_params_b"])["speedup"].idxmax()]
+    out = best[["n_gpus", "target_frames", "drafter_params_b", "strategy", "speedup", "time_source"]]
+    return out.assign(pays=out["speedup"] > 1.0).reset_index(drop=True)

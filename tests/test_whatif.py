@@ -283,6 +283,9 @@ def test_cli_predict_rows_state_the_time_source(capsys):
                      "--requests", "10", "--strategy", "parallel_sd"]) == 0
     out = capsys.readouterr().out
     assert "1B params" in out and out.rstrip().endswith("model")
+    assert cli.main(["predict", "--traces", GRAPHS, "--drafter-params-b", "1", "--requests", "5", "--acceptance", "0.6",
+                     "--strategy", "target_only"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("trace")  # target_only runs the recorded target alone
     assert cli.main(["predict", "--traces", GRAPHS, "--requests", "5", "--acceptance", "0.6", "--strategy", "target_only"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("trace")
 
