@@ -274,11 +274,21 @@ def cmd_sweep(a) -> int:
     best["cell"] = best.apply(format_winner, axis=1, tie_mark=mark)
     n_tie = int(best["tie"].sum())
     print(f"traces: {ts.provenance()}\nacceptance: i.i.d. per-token match rate alpha per row (assumed, not measured)\n"
-          f"wrote {len(df)} scenarios to {out}\n"
+          f"{stage_times_line(cfgs[0], ts)}wrote {len(df)} scenarios to {out}\n"
           "best strategy per cell (lowest mean latency): strategy, speedup, +margin over the runner-up in speedup;\n"
           f"'{mark}' = tie: the margin is inside the 95 % paired Monte-Carlo interval ({n_tie} of {len(best)} cells)")
     print(best.pivot_table(index=["n_gpus", "acceptance"], columns="output_tokens", values="cell", aggfunc="first").to_string())
     return 0
+
+
+def stage_times_line(cfg: SimConfig, ts) -> str:
+    """``stage times: ...\n`` for a what-if shape (where the times come from), else ''."""
+    if cfg.scenario_key is None:
+        return ""
+    from .runner import time_source_detail
+    from .whatif import scenario_traces
+
+    return f"stage times: {time_source_detail(scenario_traces(cfg, ts))}\n"
 
 
 def _printable(text: str, fallback: str) -> str:
@@ -330,7 +340,8 @@ def cmd_plan(a) -> int:
                                         n_requests=a.requests, seed=a.seed, **_sim_kwargs(a)) for s in a.strategy]
     df = pd.concat(frames, ignore_index=True)
     cols = ["strategy", "n_gpus", "output_tokens", "level", "mean_accepted_prefix_at_gamma", "speedup_at_level", "max_speedup"]
-    print(f"traces: {ts.provenance()}\nminimum i.i.d. per-token match rate alpha reaching {a.speedup:g}x "
+    print(f"traces: {ts.provenance()}\n{stage_times_line(SimConfig(**_sim_kwargs(a)), ts)}"
+          f"minimum i.i.d. per-token match rate alpha reaching {a.speedup:g}x "
           f"(gamma={a.gamma}, {a.requests} requests; NaN = unreachable even at alpha = 1):")
     print(df.reindex(columns=cols).rename(columns={"level": "alpha_required"})
           .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
