@@ -1,7 +1,8 @@
 """Cost models: stage time (ms) as a function of the shape, fitted from measured trace sets.
 
 A what-if beyond the measured shapes (more frames, a 336-px target, a smaller drafter)
-needs stage times where nothing was recorded. Per role, decode backend and GPU, each
+needs stage times where nothing was recorded. Per role, decode backend, GPU and precision
+(dtype / quantization: a 4-bit set is another machine), each
 stage gets one *law* — a simple form chosen from the bundled data (`h200/graphs-frames`:
 the target alone at 273..8240 prompt tokens) — fitted to the per-shape medians by
 least squares on the relative error (non-negative coefficients):
@@ -341,7 +342,7 @@ def _borrow(key, own: dict, xm, ym, rx, ry) -> Law:
 
 @dataclass
 class CostModel:
-    """Stage laws + measured samples of both roles, for one GPU and decode backend.
+    """Stage laws + measured samples of both roles, for one GPU, decode backend and precision.
 
     ``sets``: labels of the trace sets it was fitted on; ``params_b``: measured parameter
     count per role (billions, from metadata; NaN when not recorded).
@@ -353,10 +354,11 @@ class CostModel:
     backend: str
     sets: tuple
     params_b: dict = field(default_factory=dict)
+    precision: str = "fp16/none"
 
     @property
     def label(self) -> str:
-        return f"cost model ({self.gpu}, {self.backend}; fitted on {', '.join(self.sets)})"
+        return f"cost model ({self.gpu}, {self.backend}, {self.precision}; fitted on {', '.join(self.sets)})"
 
     @property
     def gpu_bound(self) -> bool:
@@ -406,8 +408,9 @@ def backend_of(decode_backend) -> str:
 
 
 def signature(ts) -> pd.DataFrame:
-    """Alone OK rows of ``ts`` with their run's ``gpu`` and ``backend`` (row column where
-    recorded, else the run's ``decode_backend``) and ``params_b``."""
+    """Alone OK rows of ``ts`` with their run's ``gpu``, ``backend`` (row column where
+    recorded, else the run's ``decode_backend``), ``precision`` (dtype/quantization) and
+    ``params_b``."""
     rows = ts.ok_rows[ts.ok_rows["placement"] == "alone"]
     meta = ts.metadata
     runs = rows["run_id"].astype(str)
@@ -417,12 +420,20 @@ def signature(ts) -> pd.DataFrame:
     # schema 1.0 files read 'eager' by default: the run's metadata knows better where it says graphs
     backend = backend.where(~((backend == "eager") & (meta_backend != "eager")), meta_backend)
     params = [_run_attr(meta, r, role, "params_b") for r, role in zip(runs, rows["role"].astype(str))]
-    return rows.assign(gpu=gpu.to_numpy(), backend=backend.to_numpy(), params_b=params)
+    precision = runs.map(lambda r: precision_of(meta.get("runs", {}).get(r, {})))
+    return rows.assign(gpu=gpu.to_numpy(), backend=backend.to_numpy(), precision=precision.to_numpy(), params_b=params)
 
 
-def fit_cost_model(trace_sets, gpu: str | None = None, backend: str | None = None) -> CostModel:
+def precision_of(run: dict) -> str:
+    """``dtype/quantization`` of a run's metadata (e.g. ``fp16/none``, ``fp16/4bit``)."""
+    return f"{run.get('dtype', '?')}/{run.get('quantization', 'none')}"
+
+
+def fit_cost_model(trace_sets, gpu: str | None = None, backend: str | None = None,
+                   precision: str | None = None) -> CostModel:
     """Fit a :class:`CostModel` on the ``alone`` rows of ``trace_sets`` (TraceSet objects)
-    measured on ``gpu`` with ``backend`` (None: the most common of the first set)."""
+    measured on ``gpu`` with ``backend`` at ``precision`` (None: the most common of the
+    first set)."""
     trace_sets = list(trace_sets)
     if not trace_sets:
         raise ValueError("fit_cost_model: no trace sets")
@@ -432,7 +443,8 @@ def fit_cost_model(trace_sets, gpu: str | None = None, backend: str | None = Non
         raise TraceError(f"{trace_sets[0].path}: no 'alone' rows to fit a cost model on")
     gpu = gpu or str(first["gpu"].mode().iloc[0])
     backend = backend or str(first["backend"].mode().iloc[0])
-    keep = [s[(s["gpu"] == gpu) & (s["backend"] == backend)] for s in sigs]
+    precision = precision or str(first["precision"].mode().iloc[0])
+    keep = [s[(s["gpu"] == gpu) & (s["backend"] == backend) & (s["precision"] == precision)] for s in sigs]
     labels = [set_label(ts) for ts in trace_sets]
     used = [lab for lab, k in zip(labels, keep) if len(k)]
     rows = pd.concat([k.assign(_set=lab) for lab, k in zip(labels, keep) if len(k)], ignore_index=True)
@@ -440,13 +452,21 @@ def fit_cost_model(trace_sets, gpu: str | None = None, backend: str | None = Non
             if (rows["role"] == role).any()}
     params = {role: float(np.nanmedian(rows.loc[rows["role"] == role, "params_b"].astype(float)))
               if rows.loc[rows["role"] == role, "params_b"].notna().any() else float("nan") for role in data}
-    return CostModel(fit_laws(data), data, gpu, backend, tuple(used), params)
+    return CostModel(fit_laws(data), data, gpu, backend, tuple(used), params, precision)
 
 
 def set_label(ts) -> str:
-    """A trace set's name in a cost model: its label (bundled name) or folder name."""
-    label = str(ts.metadata.get("label") or Path(str(ts.path)).name)
-    return label
+    """A trace set's name in a cost model: its metadata label, else its bundled name
+    (``h100/fp16``), else its folder name."""
+    if ts.metadata.get("label"):
+        return str(ts.metadata["label"])
+    from .traces import DATA_DIR
+
+    folder = Path(str(ts.path).split(" [", 1)[0])
+    try:
+        return str(folder.resolve().relative_to(DATA_DIR.resolve()))
+    except (ValueError, OSError):
+        return folder.name
 
 
 def filter_rows(ts, keep) -> "object":

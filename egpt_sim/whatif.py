@@ -13,7 +13,7 @@ A :class:`~egpt_sim.config.SimConfig` names a shape per role (``target_frames``,
   = the base's text tokens + frames × tokens per frame (target 257 | 577 at 224 | 336 px,
   CLS kept; drafter 256 | 576, CLS dropped). The cost model is fitted on the base plus
   ``SimConfig.cost_model`` (``auto``: every bundled set measured on the same GPU with the
-  same decode backend). Its samples of the *nearest measured shape* (prompt tokens, log
+  same decode backend and precision). Its samples of the *nearest measured shape* (prompt tokens, log
   scale; the base's own shape on a tie) are moved along the fitted laws:
   ``y · law(x_new) / law(x_old)`` for preprocess, vision_encode, prefill (x = tokens),
   every decode step and verify pass (x = KV length, shifted by the prompt change). When
@@ -169,11 +169,12 @@ def resolve_scenario(cfg, base: TraceSet) -> Scenario:
     return Scenario(_role_shape(cfg, base, "target", backend), _role_shape(cfg, base, "drafter", backend))
 
 
-def _base_signature(base: TraceSet) -> tuple[str, str]:
+def _base_signature(base: TraceSet) -> tuple[str, str, str]:
+    """(GPU, decode backend, precision) of the base's ``alone`` rows (the most common)."""
     key = ("signature",)
     if key not in base._cache:
         sig = C.signature(base)
-        base._cache[key] = (str(sig["gpu"].mode().iloc[0]), str(sig["backend"].mode().iloc[0]))
+        base._cache[key] = tuple(str(sig[c].mode().iloc[0]) for c in ("gpu", "backend", "precision"))
     return base._cache[key]
 
 
@@ -185,24 +186,25 @@ def _folder(ts: TraceSet) -> Path | None:
     return p.resolve() if p.is_dir() else None
 
 
-def _metadata_matches(folder: Path, gpu: str, backend: str) -> bool:
-    """A bundled set with a run measured on ``gpu`` with ``backend`` (metadata only: cheap)."""
+def _metadata_matches(folder: Path, gpu: str, backend: str, precision: str) -> bool:
+    """A bundled set with a run measured on ``gpu`` with ``backend`` at ``precision``
+    (metadata only: cheap)."""
     try:
         runs = json.loads((folder / "metadata.json").read_text()).get("runs", {})
     except (OSError, ValueError):
         return False
     return any(str(r.get("gpu_name")) == gpu and C.backend_of(r.get("decode_backend")) == backend
-               for r in runs.values())
+               and C.precision_of(r) == precision for r in runs.values())
 
 
 def cost_model_sets(base: TraceSet, spec: str = "auto") -> list[TraceSet]:
     """The trace sets a cost model for ``base`` is fitted on: the base, then ``spec``
-    (``auto``: bundled sets with a run on the base's GPU and decode backend; else a comma
-    list of bundled names or folders)."""
-    gpu, backend = _base_signature(base)
+    (``auto``: bundled sets with a run on the base's GPU, decode backend and precision; else
+    a comma list of bundled names or folders)."""
+    gpu, backend, precision = _base_signature(base)
     here = _folder(base)
     if spec == "auto":
-        folders = [p.resolve() for p in bundled_trace_sets().values() if _metadata_matches(p, gpu, backend)]
+        folders = [p.resolve() for p in bundled_trace_sets().values() if _metadata_matches(p, gpu, backend, precision)]
     else:
         try:
             folders = [resolve_trace_set(s.strip()).resolve() for s in str(spec).split(",") if s.strip()]
@@ -218,12 +220,11 @@ def cost_model_sets(base: TraceSet, spec: str = "auto") -> list[TraceSet]:
 
 def cost_model_for(base: TraceSet, spec: str = "auto") -> C.CostModel:
     """The (cached) cost model of ``base``: fitted on :func:`cost_model_sets` at the base's
-    GPU and decode backend."""
+    GPU, decode backend and precision."""
     key = ("costmodel", spec)
     if key not in base._cache:
         sets = cost_model_sets(base, spec)
-        gpu, backend = _base_signature(base)
-        base._cache[key] = (C.fit_cost_model(sets, gpu, backend), sets)
+        base._cache[key] = (C.fit_cost_model(sets, *_base_signature(base)), sets)
     return base._cache[key][0]
 
 

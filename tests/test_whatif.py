@@ -119,6 +119,14 @@ def test_measured_graphs_laws_have_the_documented_forms(graphs):
     assert cm.median_ms("target", "prefill", 8240) == pytest.approx(280.1, rel=0.05)
 
 
+def test_auto_cost_model_sets_share_gpu_backend_and_precision(graphs):
+    h100 = E.load_traces("h100/fp16")
+    names = [C.set_label(ts) for ts in W.cost_model_sets(h100)]
+    assert names[0] == "h100/fp16" and "h100/frames" in names and "h100/4bit" not in names  # 4-bit: another machine
+    assert not {"h200/eager-fp16", "h100/fp16"} & {C.set_label(ts) for ts in W.cost_model_sets(graphs)}
+    assert W.cost_model_for(h100).backend == "eager" and W.cost_model_for(h100).precision == "fp16/none"
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
