@@ -360,10 +360,6 @@ class CostModel:
     def label(self) -> str:
         return f"cost model ({self.gpu}, {self.backend}, {self.precision}; fitted on {', '.join(self.sets)})"
 
-    @property
-    def gpu_bound(self) -> bool:
-        return self.backend in GPU_BOUND_BACKENDS
-
     def law(self, role: str, stage: str, gamma: int = 0) -> Law:
         """The law of (role, stage); verify: the law of the nearest measured gamma."""
         if stage == "verify":
@@ -469,7 +465,7 @@ def set_label(ts) -> str:
         return folder.name
 
 
-def filter_rows(ts, keep) -> "object":
+def filter_rows(ts, keep) -> "TraceSet":  # noqa: F821 (egpt_sim.traces imports this module's users)
     """``ts`` restricted to the stage rows where ``keep(rows)`` is True (e.g. a holdout split)."""
     from .traces import TraceSet
 
