@@ -20,6 +20,7 @@ _EXPORTS = {
     "resolve_trace_set": "traces",
     "simulate_fast": "fastpath", "run_sweep": "sweep", "read_sweep": "sweep", "required_acceptance": "planning",
     "ServingConfig": "serving", "run_serving": "serving",
+    "CostModel": "costmodel", "fit_cost_model": "costmodel", "scenario_traces": "whatif",
 }
 
 __all__ = sorted([*_EXPORTS, "load_traces"])

@@ -120,6 +120,33 @@ def _sim_opts(p: argparse.ArgumentParser, requests: int = 200) -> None:
     p.add_argument("--contention-missing", type=CONTENTION_MISSING, default=None,
                    help="same-GPU contention factors not measured in the trace set: 'error' or 'assume:<factor>' "
                         "(passed to SimConfig.contention_missing; None = its default)")
+    _shape_opts(p)
+
+
+SHAPE_OPTIONS = ("target_frames", "drafter_frames", "target_resolution", "target_prompt_tokens",
+                 "drafter_prompt_tokens", "drafter_params_b", "stage_times", "cost_model")
+
+
+def _shape_opts(p: argparse.ArgumentParser) -> None:
+    """What-if shapes (egpt_sim.whatif): None = as recorded in the trace set."""
+    g = p.add_argument_group("what-if shapes (stage times from the cost model where not measured; "
+                             "every row says time_source trace|model)")
+    g.add_argument("--target-frames", type=POSITIVE_INT, default=None, help="target frames (None = as recorded)")
+    g.add_argument("--drafter-frames", type=POSITIVE_INT, default=None, help="drafter event frames (None = as recorded)")
+    g.add_argument("--target-resolution", type=int, choices=[224, 336], default=None,
+                   help="target frame resolution, px: 257 | 577 prompt tokens per frame (None = as recorded)")
+    g.add_argument("--target-prompt-tokens", type=POSITIVE_INT, default=None,
+                   help="target LLM prompt length, tokens (overrides frames x tokens per frame)")
+    g.add_argument("--drafter-prompt-tokens", type=POSITIVE_INT, default=None, help="drafter LLM prompt length, tokens")
+    g.add_argument("--drafter-params-b", type=POSITIVE_FLOAT, default=None,
+                   help="drafter size, billions of parameters: prefill/decode/verify scaled by weight bytes "
+                        "(GPU-bound backends only)")
+    g.add_argument("--stage-times", choices=["auto", "trace", "model"], default=None,
+                   help="auto = replay measured shapes, cost model otherwise; model = always the cost model; "
+                        "trace = error where a shape was not measured (None = auto)")
+    g.add_argument("--cost-model", default=None,
+                   help="trace sets the cost model is fitted on besides --traces: 'auto' (bundled sets of the same "
+                        "GPU and decode backend) or a comma list (None = auto)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -133,12 +160,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _sim_kwargs(a) -> dict:
-    """SimConfig keyword arguments shared by every command (the contention-missing policy)."""
+    """SimConfig keyword arguments shared by every command: the contention-missing policy
+    and the what-if shape."""
+    kw = {k: getattr(a, k) for k in SHAPE_OPTIONS if getattr(a, k, None) is not None}
     if getattr(a, "contention_missing", None) is None:
-        return {}
+        return kw
     if "contention_missing" not in {f.name for f in dataclasses.fields(SimConfig)}:
         raise ValueError("--contention-missing: this version of SimConfig has no contention_missing field yet")
-    return {"contention_missing": a.contention_missing}
+    return kw | {"contention_missing": a.contention_missing}
 
 
 def _traces(a):
@@ -174,15 +203,18 @@ def _config(a, strategy: str) -> SimConfig:
 # --------------------------------------------------------------------------- commands
 
 
-def scenario_header(a, ts, contention=None) -> list[str]:
+def scenario_header(a, ts, contention=None, time_source: str | None = None) -> list[str]:
     """Header lines of a prediction: traces, acceptance (named, pooled runs announced),
-    scenario, and the same-GPU contention factors used, measured vs assumed."""
+    scenario, where the stage times come from, and the contention factors used,
+    measured vs assumed."""
     lines = [f"traces: {ts.provenance()}",
              f"acceptance: {labels.describe_acceptance(a.acceptance, ts, getattr(a, 'acceptance_defaulted', False))}"]
     if a.acceptance == "trace" and len(ts.acceptance_runs()) > 1:
         lines[-1] += "; pick one with --acceptance-run"
     lines.append(f"scenario: {a.output_tokens} output tokens, gamma={a.gamma}, {a.gpus} GPU(s), {a.requests} requests, "
                  f"seed {a.seed}")
+    if time_source:
+        lines.append(f"stage times: {time_source}")
     lines += contention_lines(contention, a.gpus)
     return lines
 
@@ -215,8 +247,9 @@ def cmd_predict(a) -> int:
         rows.append({"strategy": cfg.strategy, "latency_mean_ms": s["latency_mean_ms"], "p90_ms": s["latency_p90_ms"],
                      "ttft_ms": s["ttft_mean_ms"], labels.SPEEDUP: s[labels.SPEEDUP],
                      "window_drafts": s["window_drafts_mean_tokens"], "window_accepted": s["window_accepted_mean_tokens"],
-                     "accepted": s["accepted_mean_tokens"], "verify_passes": s["verify_passes_mean"]})
-    print("\n".join(scenario_header(a, ts, model)))
+                     "accepted": s["accepted_mean_tokens"], "verify_passes": s["verify_passes_mean"],
+                     "time_source": s["time_source"]})
+    print("\n".join(scenario_header(a, ts, model, res.time_source_detail)))
     print("speedup = mean target_only latency / mean latency on the same draws; "
           "accepted = drafts accepted as a prefix (not drafts x rate)")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
@@ -241,11 +274,21 @@ def cmd_sweep(a) -> int:
     best["cell"] = best.apply(format_winner, axis=1, tie_mark=mark)
     n_tie = int(best["tie"].sum())
     print(f"traces: {ts.provenance()}\nacceptance: i.i.d. per-token match rate alpha per row (assumed, not measured)\n"
-          f"wrote {len(df)} scenarios to {out}\n"
+          f"{stage_times_line(cfgs[0], ts)}wrote {len(df)} scenarios to {out}\n"
           "best strategy per cell (lowest mean latency): strategy, speedup, +margin over the runner-up in speedup;\n"
           f"'{mark}' = tie: the margin is inside the 95 % paired Monte-Carlo interval ({n_tie} of {len(best)} cells)")
     print(best.pivot_table(index=["n_gpus", "acceptance"], columns="output_tokens", values="cell", aggfunc="first").to_string())
     return 0
+
+
+def stage_times_line(cfg: SimConfig, ts) -> str:
+    """``stage times: ...\n`` for a what-if shape (where the times come from), else ''."""
+    if cfg.scenario_key is None:
+        return ""
+    from .runner import time_source_detail
+    from .whatif import scenario_traces
+
+    return f"stage times: {time_source_detail(scenario_traces(cfg, ts))}\n"
 
 
 def _printable(text: str, fallback: str) -> str:
@@ -297,7 +340,8 @@ def cmd_plan(a) -> int:
                                         n_requests=a.requests, seed=a.seed, **_sim_kwargs(a)) for s in a.strategy]
     df = pd.concat(frames, ignore_index=True)
     cols = ["strategy", "n_gpus", "output_tokens", "level", "mean_accepted_prefix_at_gamma", "speedup_at_level", "max_speedup"]
-    print(f"traces: {ts.provenance()}\nminimum i.i.d. per-token match rate alpha reaching {a.speedup:g}x "
+    print(f"traces: {ts.provenance()}\n{stage_times_line(SimConfig(**_sim_kwargs(a)), ts)}"
+          f"minimum i.i.d. per-token match rate alpha reaching {a.speedup:g}x "
           f"(gamma={a.gamma}, {a.requests} requests; NaN = unreachable even at alpha = 1):")
     print(df.reindex(columns=cols).rename(columns={"level": "alpha_required"})
           .to_string(index=False, float_format=lambda x: f"{x:.3f}"))

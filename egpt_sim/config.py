@@ -55,6 +55,22 @@ class SimConfig:
     window_budget : adaptive_budget only: a fixed window budget (drafts) instead of the
         expected-latency choice — what a validation uses to score the mechanics at the
         budget the real executor ran with; None (default) lets the rule decide.
+
+    What-if shapes (None = as recorded; see :mod:`egpt_sim.whatif`):
+
+    target_frames, drafter_frames : frames given to each vision tower.
+    target_resolution : 224 or 336 px (257 or 577 prompt tokens per target frame).
+    target_prompt_tokens, drafter_prompt_tokens : the LLM prompt length directly (tokens;
+        overrides frames x tokens per frame + the recorded text tokens).
+    drafter_params_b : drafter size in billions of parameters; its prefill, decode and
+        verify times are scaled by weight bytes (GPU-bound backends only).
+    stage_times : where stage times come from: ``"auto"`` (replay a role whose shape was
+        measured, else draw it from the cost model), ``"model"`` (always the cost model) or
+        ``"trace"`` (error where a role was not measured). Results say which was used in
+        their ``time_source`` column (``trace`` | ``model``).
+    cost_model : trace sets the cost model is fitted on besides the simulated one:
+        ``"auto"`` (bundled sets measured on the same GPU with the same decode backend)
+        or a comma list of bundled names / folders.
     """
 
     strategy: str = "prefill_then_verify"
@@ -72,6 +88,14 @@ class SimConfig:
     include_cpu_stages: bool = True
     lookahead_blocks: int = 2
     window_budget: int | None = None
+    target_frames: int | None = None
+    drafter_frames: int | None = None
+    target_resolution: int | None = None
+    target_prompt_tokens: int | None = None
+    drafter_prompt_tokens: int | None = None
+    drafter_params_b: float | None = None
+    stage_times: str = "auto"
+    cost_model: str = "auto"
     label: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -104,6 +128,7 @@ class SimConfig:
             bad("lookahead_blocks", "must be >= 1")
         if self.window_budget is not None and not 0 <= int(self.window_budget) <= int(self.gamma):
             bad("window_budget", "must be None or an integer in 0..gamma")
+        self._check_shape(bad)
         if isinstance(self.acceptance, list):
             object.__setattr__(self, "acceptance", tuple(self.acceptance))
         a = self.acceptance
@@ -119,6 +144,34 @@ class SimConfig:
             bad("acceptance", "a per-token rate must be in [0, 1]")
         if isinstance(a, tuple) and (not a or any(not 0.0 <= float(x) <= 1.0 for x in a)):
             bad("acceptance", "a curve needs conditional rates, each in [0, 1]")
+
+    def _check_shape(self, bad) -> None:
+        """The what-if shape fields: positive integers / sizes, known resolutions and sources."""
+        for name in ("target_frames", "drafter_frames", "target_prompt_tokens", "drafter_prompt_tokens"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not float(v).is_integer() or int(v) < 1:
+                    bad(name, "must be None or an integer >= 1")
+                object.__setattr__(self, name, int(v))
+        if self.target_resolution is not None:
+            if self.target_resolution not in (224, 336):
+                bad("target_resolution", "must be None, 224 or 336 (px)")
+            object.__setattr__(self, "target_resolution", int(self.target_resolution))
+        if self.drafter_params_b is not None:
+            if isinstance(self.drafter_params_b, bool) or not 0 < float(self.drafter_params_b) < 1e4:
+                bad("drafter_params_b", "must be None or a size in billions of parameters > 0")
+            object.__setattr__(self, "drafter_params_b", float(self.drafter_params_b))
+        if self.stage_times not in ("auto", "trace", "model"):
+            bad("stage_times", "must be 'auto', 'trace' or 'model'")
+        if not isinstance(self.cost_model, str) or not self.cost_model.strip():
+            bad("cost_model", "must be 'auto' or a comma list of trace sets")
+
+    @property
+    def scenario_key(self) -> tuple | None:
+        """The what-if shape fields, or None when the recorded shape is simulated as is."""
+        key = (self.target_frames, self.drafter_frames, self.target_resolution, self.target_prompt_tokens,
+               self.drafter_prompt_tokens, self.drafter_params_b, self.stage_times, self.cost_model)
+        return None if key == (None,) * 6 + ("auto", "auto") else key
 
     @property
     def acceptance_label(self) -> str:

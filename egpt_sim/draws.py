@@ -33,7 +33,8 @@ decode steps and uniforms for acceptance runs, generated in fixed blocks, so
 ``drafter_speed`` divides the drafter's GPU stages (vision_encode, prefill, decode
 steps), never its CPU stages (load, preprocess). A :class:`DrawBank` depends only on
 (trace set, seed, n_requests, drafter_speed, include_cpu_stages): a sweep builds it once
-and reuses it for every scenario.
+and reuses it for every scenario. A what-if shape (:mod:`egpt_sim.whatif`) has its own
+trace set, and so its own bank (``scenario_key`` records which).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class DrawBank:
     def __init__(self, traces: TraceSet, seed: int, n_requests: int, drafter_speed: float = 1.0,
                  include_cpu_stages: bool = True):
         traces.check_simulatable()
+        self.scenario_key = getattr(traces, "scenario_key", None)  # what-if shape (None = as recorded)
         self.n_requests = n_requests
         self.seed = seed
         self.drafter_speed = float(drafter_speed)

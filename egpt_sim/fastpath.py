@@ -96,13 +96,16 @@ from .runner import (
     REQUEST_COLUMNS,
     TIMELINE_COLUMNS,
     SimResult,
+    check_bank_scenario,
     contention_for,
     draw_bank,
     planning_inputs,
     simulate,
+    time_source_detail,
 )
 from .schema import CPU_STAGES
 from .traces import PREFILL_PHASE_STAGES, TraceSet
+from .whatif import scenario_traces, time_source_of
 
 __all__ = ["simulate_fast", "simulate_arrays", "simulate_many", "run_grid", "summarize_arrays", "engine_for", "FAST_STRATEGIES"]
 
@@ -867,12 +870,18 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
 
     Scenarios of the same strategy, GPU placement and length are stacked (up to
     ``max_batch`` per engine call) to amortise numpy's per-call overhead; results come
-    back in input order, each exactly what a lone call would give.
+    back in input order, each exactly what a lone call would give. The scenarios share
+    one what-if shape (they share draws): their trace set is ``scenario_traces``'s.
     """
     cfgs = list(cfgs)
     if not cfgs:
         return []
+    keys = {c.scenario_key for c in cfgs}
+    if len(keys) > 1:
+        raise ValueError(f"simulate_many: scenarios of different what-if shapes share no draws: {sorted(map(str, keys))}")
+    traces = scenario_traces(cfgs[0], traces)
     bank = bank if bank is not None else draw_bank(cfgs[0], traces)
+    check_bank_scenario(bank, traces)
     for c in cfgs:
         _check_bank(c, bank)
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -890,13 +899,15 @@ def simulate_many(cfgs: Iterable[SimConfig], traces: TraceSet, bank: DrawBank | 
             for i, out in zip(part, outs):
                 out["baseline_latency_ms"] = base.copy()
                 out["speedup"] = out["baseline_latency_ms"] / out["latency_ms"]
+                out["time_source"] = time_source_of(traces, cfgs[i].strategy)  # trace | model (egpt_sim.whatif)
                 results[i] = out
     return results
 
 
 def simulate_arrays(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = None, *,
                     aggregate: bool = True) -> dict:
-    """Per-request result columns as numpy arrays (latency, counters, baseline, speedup).
+    """Per-request result columns as numpy arrays (latency, counters, baseline, speedup)
+    and ``time_source`` (a string: ``trace`` | ``model``).
 
     ``aggregate=False`` keeps the window strategies on the plain event loop (for tests).
     """
@@ -905,11 +916,12 @@ def simulate_arrays(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = No
 
 def _frame(cfg: SimConfig, arr: dict) -> pd.DataFrame:
     data = {"request_id": np.arange(cfg.n_requests)}
-    data.update({k: arr[k] for k in REQUEST_COLUMNS if k in arr})
+    data.update({k: arr[k] for k in REQUEST_COLUMNS if k in arr and k != "time_source"})
     req = pd.DataFrame(data)
     for k in ("strategy", "n_gpus", "output_tokens", "gamma"):
         req[k] = getattr(cfg, k)
     req["acceptance"] = cfg.acceptance_label
+    req["time_source"] = arr.get("time_source", "trace")
     return req[list(REQUEST_COLUMNS)]
 
 
@@ -923,9 +935,10 @@ def simulate_fast(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = None
     """
     if timeline:
         raise ValueError("simulate_fast has no timeline; use egpt_sim.simulate(..., timeline=True)")
+    traces = scenario_traces(cfg, traces)
     arr = simulate_arrays(cfg, traces, bank, aggregate=aggregate)
     return SimResult(cfg, _frame(cfg, arr), pd.DataFrame(columns=list(TIMELINE_COLUMNS)),
-                     _provenance(traces), contention_for(cfg, traces))
+                     _provenance(traces), contention_for(cfg, traces), time_source_detail(traces))
 
 
 def summarize_arrays(a: dict) -> dict:
@@ -947,6 +960,7 @@ def summarize_arrays(a: dict) -> dict:
         "window_accepted_mean_tokens": float(np.mean(a["window_accepted"])),
         "drafted_mean_tokens": float(np.mean(a["drafted_tokens"])),
         "verify_passes_mean": float(np.mean(a["verify_passes"])),
+        "time_source": str(a.get("time_source", "trace")),
     }
 
 
@@ -956,7 +970,7 @@ _WORKER_STATE: dict = {"traces": {}, "banks": {}}
 
 
 def _bank_key(cfg: SimConfig) -> tuple:
-    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
+    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages, cfg.scenario_key)
 
 
 def _worker_traces(path) -> TraceSet:
@@ -1011,6 +1025,7 @@ def _run_chunk(traces_path, items: list, use_fast: bool) -> list[dict]:
             summ = simulate(cfg, traces, bank=bank).summary()
             summ.pop("provenance", None)
             summ.pop("contention_factors", None)
+            summ.pop("time_source_detail", None)
             rows.append({"_index": idx} | cfg.as_dict() | summ | {"engine": "simpy"})
     if rows:  # CPU seconds of this task (a busy machine shows up as wall >> cpu / workers)
         rows[0]["_cpu_s"] = time.process_time() - cpu0

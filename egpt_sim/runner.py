@@ -8,6 +8,10 @@ its own SimPy environment; request streams and queueing live in
   tokens, verify passes, and ``speedup`` = target_only latency on the *same draws* /
   this latency;
 * ``timeline`` — one row per activity (TIMELINE schema) when ``timeline=True``.
+
+A config with what-if shape fields (``target_frames``, ``drafter_params_b``, ...) is
+simulated on :func:`egpt_sim.whatif.scenario_traces` of the trace set; every request row
+and summary says where the stage times came from (``time_source``: ``trace`` | ``model``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from .draws import DrawBank, RequestDraws
 from .gpu import Gpu
 from .processes import RequestContext
 from .traces import ContentionModel, TraceSet
+from .whatif import scenario_traces, time_source_of
 
 REQUEST_COLUMNS = (
     "request_id", "strategy", "n_gpus", "output_tokens", "gamma", "acceptance",
     "latency_ms", "ttft_ms", "target_prefill_end_ms", "drafter_prefill_end_ms",
     "drafted_tokens", "window_drafts", "wasted_drafts", "accepted_tokens",
-    "window_accepted", "verify_passes", "target_passes", "baseline_latency_ms", "speedup",
+    "window_accepted", "verify_passes", "target_passes", "baseline_latency_ms", "speedup", "time_source",
 )
 TIMELINE_COLUMNS = ("request_id", "actor", "activity", "start_ms", "end_ms", "gpu", "tokens")
 
@@ -45,13 +50,15 @@ class SimResult:
     timeline: pd.DataFrame
     provenance: str
     contention: ContentionModel
+    time_source_detail: str = "as recorded"
 
     @property
     def contention_header(self) -> str:
         return self.contention.header()
 
     def summary(self) -> dict:
-        return summarize(self.requests) | {"provenance": self.provenance, "contention_factors": self.contention_header}
+        return summarize(self.requests) | {"provenance": self.provenance, "contention_factors": self.contention_header,
+                                           "time_source_detail": self.time_source_detail}
 
 
 def summarize(requests: pd.DataFrame) -> dict:
@@ -73,6 +80,7 @@ def summarize(requests: pd.DataFrame) -> dict:
         "window_accepted_mean_tokens": float(r["window_accepted"].mean()),
         "drafted_mean_tokens": float(r["drafted_tokens"].mean()),
         "verify_passes_mean": float(r["verify_passes"].mean()),
+        "time_source": str(r["time_source"].iloc[0]) if "time_source" in r else "trace",
     }
 
 
@@ -165,8 +173,11 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
     """Simulate ``cfg`` against ``traces`` with the SimPy reference model.
 
     ``bank`` lets sweeps reuse one set of draws across scenarios (it must match the
-    config's seed, n_requests, drafter_speed and include_cpu_stages).
+    config's seed, n_requests, drafter_speed, include_cpu_stages and what-if shape).
     """
+    traces = scenario_traces(cfg, traces)
+    if bank is not None:
+        check_bank_scenario(bank, traces)
     source = source_for(cfg, traces)
     contention = contention_for(cfg, traces)
     plan = planning_inputs(cfg, traces, source, contention) if cfg.strategy == "adaptive_budget" else None
@@ -182,20 +193,34 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
         else:
             row["baseline_latency_ms"] = run_request(base_cfg, draws, source, contention)["latency_ms"]
         rows.append(row)
-    req = finish_requests(pd.DataFrame(rows), cfg)
+    req = finish_requests(pd.DataFrame(rows), cfg, time_source_of(traces, cfg.strategy))
     tl_df = pd.DataFrame(events, columns=list(TIMELINE_COLUMNS))
-    return SimResult(cfg, req, tl_df, traces.provenance(), contention)
+    return SimResult(cfg, req, tl_df, traces.provenance(), contention, time_source_detail(traces))
 
 
 def draw_bank(cfg: SimConfig, traces: TraceSet) -> DrawBank:
-    return DrawBank(traces, cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
+    """The draws of ``cfg``'s requests on the trace set it simulates (its what-if shape)."""
+    return DrawBank(scenario_traces(cfg, traces), cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
 
 
-def finish_requests(req: pd.DataFrame, cfg: SimConfig) -> pd.DataFrame:
+def check_bank_scenario(bank: DrawBank, traces: TraceSet) -> None:
+    """A bank drawn for another what-if shape would replay the wrong stage times."""
+    if bank.scenario_key != getattr(traces, "scenario_key", None):
+        raise ValueError(f"DrawBank was drawn for what-if shape {bank.scenario_key}, the config simulates "
+                         f"{getattr(traces, 'scenario_key', None)} (None = as recorded): build it with draw_bank(cfg, traces)")
+
+
+def time_source_detail(traces: TraceSet) -> str:
+    """Where a simulation's stage times come from, one line (see :mod:`egpt_sim.whatif`)."""
+    return getattr(traces, "time_source_detail", "as recorded (trace replay)")
+
+
+def finish_requests(req: pd.DataFrame, cfg: SimConfig, time_source: str = "trace") -> pd.DataFrame:
     """Add speedup and scenario columns; order columns as REQUEST_COLUMNS."""
     req = req.copy()
     req["speedup"] = req["baseline_latency_ms"] / req["latency_ms"]
     for k in ("strategy", "n_gpus", "output_tokens", "gamma"):
         req[k] = getattr(cfg, k)
     req["acceptance"] = cfg.acceptance_label
+    req["time_source"] = time_source
     return req[list(REQUEST_COLUMNS)]

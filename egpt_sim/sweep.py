@@ -1,7 +1,7 @@
 """Sweeps: many scenarios, one summary row each; any concurrent.futures executor.
 
 ``run_sweep(configs, traces_path)`` groups scenarios that share draws (seed,
-n_requests, drafter_speed, include_cpu_stages) so each group builds one
+n_requests, drafter_speed, include_cpu_stages, what-if shape) so each group builds one
 :class:`~egpt_sim.draws.DrawBank`, and evaluates them with the vectorised fast path
 (``engine="fast"``, tested equal to SimPy on the same draws) or the SimPy reference
 (``engine="simpy"``). Pass ``executor=`` any ``concurrent.futures.Executor`` — a local
@@ -54,7 +54,7 @@ def _engine_fn(engine: str):
 
 
 def _bank_key(cfg: SimConfig):
-    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
+    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages, cfg.scenario_key)
 
 
 def _run_group(traces_path: str, configs: list[SimConfig], engine: str) -> list[dict]:
@@ -153,9 +153,16 @@ def paired_speedup_difference(baseline_ms, latency_a_ms, latency_b_ms, z: float 
     return float(diff), float(z * psi.std(ddof=1) / math.sqrt(len(base)))
 
 
+OPTIONAL_FIELDS = ("window_budget", "target_frames", "drafter_frames", "target_resolution", "target_prompt_tokens",
+                   "drafter_prompt_tokens", "drafter_params_b")
+
+
 def _config_of(row: pd.Series) -> SimConfig:
     names = {f.name for f in dataclasses.fields(SimConfig)}
     kw = {k: row[k] for k in names if k in row.index and k != "label"}
+    for k in OPTIONAL_FIELDS:  # None comes back from parquet as NaN / <NA>
+        if k in kw and (kw[k] is None or pd.isna(kw[k])):
+            kw[k] = None
     for k in ("output_tokens", "gamma", "n_gpus", "n_requests", "seed", "lookahead_blocks"):
         if k in kw:
             kw[k] = int(kw[k])

@@ -20,7 +20,7 @@ from egpt_sim.acceptance import expected_accepted_iid
 
 QUICK = nbrun.NOTEBOOK_DIR / "params" / "quick.yaml"
 NOTEBOOKS = sorted(nbrun.NOTEBOOK_DIR.glob("*.ipynb"))
-STEMS = ["01_stage_timing", "02_acceptance", "03_speedup_sweep", "04_adapter_targets", "05_validation"]
+STEMS = ["01_stage_timing", "02_acceptance", "03_speedup_sweep", "04_adapter_targets", "05_validation", "06_what_if_shapes"]
 
 
 # --------------------------------------------------------------------------- structure (no kernel)
@@ -223,6 +223,33 @@ def test_05_validation_says_when_there_is_no_data(runs):
         nb = nbformat.read(runs[0]["05_validation"].output, as_version=4)
         shown = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
         assert "No validation data" in shown
+
+
+@pytest.mark.notebooks
+def test_06_what_if_shapes(runs):
+    s = _ok(runs, "06_what_if_shapes")
+    # quick.yaml: 3 target frame counts x 2 drafter sizes x 2 GPU counts x (target_only + 2 strategies)
+    assert s["n_scenarios"] == len(s["sweep"]) == 3 * 2 * 2 * 3
+    rows = {(r["target_frames"], r["drafter_params_b"], r["n_gpus"], r["strategy"]): r for r in s["sweep"]}
+    for key, r in rows.items():  # the recorded shape (8 frames, the measured 7.06 B drafter) is replayed, the rest modelled
+        recorded = key[:2] == (8, 7.06) or (key[0] == 8 and key[3] == "target_only")  # target_only: the target alone
+        assert r["time_source"] == ("trace" if recorded else "model"), key
+    for g in (1, 2):
+        for p in (1.0, 7.06):
+            w = [rows[(f, p, g, "prefill_then_verify")]["window_ms"] for f in (1, 8, 32)]
+            assert w[0] < w[1] < w[2]  # a longer target prompt opens a longer window
+        for f in (1, 8, 32):  # a smaller drafter on its own GPU drafts faster and never loses
+            assert rows[(f, 1.0, 2, "parallel_sd")]["speedup"] >= rows[(f, 7.06, 2, "parallel_sd")]["speedup"]
+            assert rows[(f, 1.0, g, "prefill_then_verify")]["window_drafts"] <= 8  # at most GAMMA drafts hide
+    assert all(r["speedup"] == pytest.approx(1.0) for r in s["sweep"] if r["strategy"] == "target_only")
+    assert len(s["pays"]) == 3 * 2 * 2 and all(p["pays"] == (p["speedup"] > 1.0) for p in s["pays"])
+    assert any(p["pays"] for p in s["pays"] if p["n_gpus"] == 2)
+    laws = {(law["role"], law["stage"], law["gamma"]): law for law in s["laws"]}
+    assert laws[("target", "prefill", 0)]["form"] == "roofline" and laws[("target", "prefill", 0)]["n_shapes"] >= 6
+    assert laws[("drafter", "prefill", 0)]["source"].startswith("borrowed from target")
+    hold = {r["stage"]: r for r in s["holdout_summary"] if r["gamma"] == 0}
+    assert hold["decode_step"]["median_abs_err_pct"] < 2 and hold["prefill"]["median_abs_err_pct"] < 5
+    assert s["acceptance"].startswith("measured per-position curve of h200/validation-graphs-1gpu run acc-sigma0.03")
 
 
 @pytest.mark.notebooks

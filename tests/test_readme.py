@@ -155,4 +155,4 @@ def test_every_notebook_runs_with_its_defaults(tmp_path):
              "-p", "04:PLAN_OUTPUT_TOKENS", "[20]", "-p", "05:N_PREDICTED", "20"]
     p = run([sys.executable, "-m", "egpt_sim.notebooks", "--out", str(tmp_path / "nb"), *sizes])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "5 ok, 0 failed" in p.stdout
+    assert "6 ok, 0 failed" in p.stdout
