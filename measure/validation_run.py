@@ -39,7 +39,7 @@ import torch
 
 from egpt_sim import schema
 from measure.acceptance import check_vocab, record_acceptance, run_parts, write_part
-from measure.executor import STRATEGIES, Executor, ProcessExecutor
+from measure.executor import STRATEGIES, Executor, ProcessExecutor, mismatch_gaps
 
 RESULTS, TIMELINE, PARTS = "executor_results", "executor_timeline", "executor_parts"
 
@@ -269,7 +269,7 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
                 r = ex.run(sample, strategy, n, rid + j, reference=None if ref is None else ref.tokens,
                            replay=None if ref is None else sources[sigma][sample.sample_id],
                            replay_seed=_request_seed(cfg.seed, rid + j), sigma=sigma,
-                           window_budget=budgets.get(sigma))
+                           window_budget=budgets.get(sigma), record_gaps=True)
             except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
                 errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}")
@@ -278,6 +278,8 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
             if ref is None:
                 ref = r
                 r.row["lossless"] = True  # the reference itself
+            else:  # a mismatch must be a near-tie: the target's top-1/top-2 gap there, in both runs
+                r.row.update(mismatch_gaps(r.tokens, ref.tokens, r.gaps, ref.gaps))
             results.append(r)
     if results:
         rows = pd.DataFrame([r.row for r in results])
