@@ -345,15 +345,22 @@ def consolidate(out_dir: str | Path) -> list[Path]:
 
 
 def merge(dest: str | Path, *sources: str | Path) -> Path:
-    """Merge consolidated validation folders (calls over disjoint sample ranges) into ``dest``."""
+    """Merge consolidated validation folders (calls over disjoint sample ranges) into ``dest``.
+
+    Every call records acceptance for all its samples up front, so sample ranges of acceptance
+    runs may overlap: a later source's rows replace an earlier one's for the same (run, sample,
+    block, position) -- the executor of that later call replayed exactly those.
+    """
     dest = Path(dest)
-    tables = ((schema.STAGE_TIMINGS_FILE, schema.STAGE_TIMINGS_FILE), (schema.ACCEPTANCE_FILE, schema.ACCEPTANCE_FILE),
-              (RESULTS, None), (TIMELINE, schema.TIMELINE_FILE))
-    for name, table in tables:
+    tables = ((schema.STAGE_TIMINGS_FILE, schema.STAGE_TIMINGS_FILE, None),
+              (schema.ACCEPTANCE_FILE, schema.ACCEPTANCE_FILE, ["run_id", "sample_id", "verify_id", "position"]),
+              (RESULTS, None, None), (TIMELINE, schema.TIMELINE_FILE, None))
+    for name, table, key in tables:
         frames = [pd.read_parquet(p) for p in (Path(s) / f"{name}.parquet" for s in sources) if p.exists()]
         if not frames:
             continue
-        df = pd.concat(frames, ignore_index=True).drop(columns="schema_version", errors="ignore").drop_duplicates()
+        df = pd.concat(frames, ignore_index=True).drop(columns="schema_version", errors="ignore")
+        df = df.drop_duplicates(subset=key, keep="last")
         if table:
             schema.write_table(df, dest / f"{name}.parquet", table)
         else:
