@@ -1,4 +1,5 @@
-"""Layout (ARCHITECTURE.md): few top-level modules, layers that import one way, old paths kept."""
+"""Layout (ARCHITECTURE.md): few top-level modules, layers that import one way, the model's rules
+in one module both engines call, no function over 100 lines, old import paths kept."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "egpt_sim"
 LAYERS = ("traces", "whatif", "sim", "fast", "serving", "analysis")  # each imports only from those before it
 MAX_TOP_MODULES = 12
+MAX_FUNCTION_LINES = 100
 
 
 def _modules(folder: Path):
@@ -74,6 +76,27 @@ def test_layers_import_only_from_layers_below():
             if m[0] == "egpt_sim" and len(m) > 1 and m[1] in LAYERS and LAYERS.index(m[1]) > layer:
                 bad.append(f"{p.relative_to(ROOT)}:{line} ({parts[0]}) imports {mod}")
     assert not bad, bad
+
+
+def test_no_function_over_100_lines():
+    """Every function, method and nested function of egpt_sim/ and measure/, decorators included."""
+    long = []
+    for folder in (PKG, ROOT / "measure"):
+        for p in _modules(folder):
+            for n in ast.walk(ast.parse(p.read_text())):
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    first = min([n.lineno] + [d.lineno for d in n.decorator_list])
+                    if n.end_lineno - first + 1 > MAX_FUNCTION_LINES:
+                        long.append(f"{p.relative_to(ROOT)}:{n.lineno} {n.name}: {n.end_lineno - first + 1} lines")
+    assert not long, long
+
+
+@pytest.mark.parametrize("module", ["sim/processes.py", "sim/strategies.py", "sim/gpu.py", "sim/budget.py",
+                                    "sim/runner.py", "fast/window.py", "fast/sequential.py", "fast/batch.py"])
+def test_both_engines_call_the_shared_rules(module):
+    """The rules the SimPy model and the fast engine share live in egpt_sim/sim/rules.py."""
+    mods = {mod for mod, _ in _imports(PKG / module)}
+    assert "egpt_sim.sim.rules" in mods or "egpt_sim.sim.rules.contention_for" in mods, module
 
 
 @pytest.mark.parametrize("alias, real", [

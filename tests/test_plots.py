@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import egpt_sim as E  # noqa: E402
 from egpt_sim.analysis import plots  # noqa: E402
-from egpt_sim.analysis import report as R, tables as T  # noqa: E402
+from egpt_sim.analysis import tables as T  # noqa: E402
 from egpt_sim.analysis.sweep import best_strategy  # noqa: E402
 
 CAP = "test-set | H100 | fp16/none | 3 samples | measured"

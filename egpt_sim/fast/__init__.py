@@ -10,19 +10,17 @@ draws of the :class:`~egpt_sim.sim.draws.DrawBank` in the same order:
   drafter step uses ``drafter_decode[:, i]`` (a discarded in-flight step still consumes
   its index); the n-th drafter synchronisation uses ``acceptance_u[:, n]`` through
   ``source.runs(u, n == 0, sample_u)``.
-* Same token bookkeeping as :mod:`egpt_sim.sim.processes` (commit / keep-or-resync rules,
-  window budget, ``lookahead_blocks * gamma`` cap after the target prefill, never a draft
-  past position N, verify k <= N - committed - 1, d1 == t1 counted as accepted).
-* Same rate model as :mod:`egpt_sim.sim.gpu`: while both roles run a GPU stage, each
-  progresses at ``1 / contention_factor(role, stage, peer's stage)`` (tables
-  ``rt_pair`` / ``rd_pair`` indexed by the two stage codes, filled from the same
-  :class:`~egpt_sim.traces.contention.ContentionModel`), else at rate 1; load/preprocess are CPU
-  stages; a draft step is a drafter decode_step, as itself and as a peer; the drafter's
-  in-flight step keeps running (and contending) after the drafter is stopped. One GPU
-  uses the same-GPU model; two GPUs the host model (threads), which is contended exactly
-  like one GPU when not all ones, and rate 1 everywhere otherwise.
-* Same CPU lane (:mod:`egpt_sim.sim.processes`): in the window strategies the target's first
-  CPU stage carries the wait for the drafter's CPU stages.
+* The same rules: commit / keep-or-resync, verify size, window budget and the
+  ``lookahead_blocks * gamma`` cap after the target prefill, never a draft past position N,
+  d1 == t1 counted as accepted, the CPU lane and the contended rates are the functions of
+  :mod:`egpt_sim.sim.rules`, called here on arrays and by the SimPy model on one request.
+* The same rate model as :mod:`egpt_sim.sim.gpu`: while both roles run a GPU stage, each
+  progresses at :func:`egpt_sim.sim.rules.contended_rate` (tables ``rt_pair`` /
+  ``rd_pair`` indexed by the two stage codes, :mod:`egpt_sim.fast.batch`), else at rate 1; a
+  draft step is a drafter decode_step, as itself and as a peer; the drafter's in-flight
+  step keeps running (and contending) after the drafter is stopped. One GPU uses the
+  same-GPU model; two GPUs the host model (threads), which is contended exactly like one
+  GPU when not all ones, and rate 1 everywhere otherwise.
 * ``adaptive_budget`` with a window budget of 0 (decided per scenario from expected
   quantities, :func:`egpt_sim.sim.budget.window_budget_plan`) is routed to the
   target_only engine; otherwise its budget is a per-scenario constant cap.
@@ -33,21 +31,14 @@ How (per strategy):
   The baseline (target_only on the same draws) is cached per (bank, N).
 * ``serial_sd``: nothing overlaps, and every target pass re-synchronises the drafter, so
   it is a lock-step loop over target passes (pass j of every request uses column j).
-* ``prefill_then_verify`` / ``adaptive_budget`` / ``parallel_sd`` (one engine):
-
-  - phase 1, a lock-step event loop: each request holds at most one target and one
-    drafter activity; one iteration advances every request to *its own* next
-    completion (processor sharing between the two activities) and applies the
-    completion handlers with masks. It covers both prefill phases and the window.
-  - phase 2, a lock-step loop over target passes, once a request's target is in a pass
-    and its drafter is past its prefill: within one pass nothing re-syncs, so the
-    drafter's in-flight step and the m further steps it may take
-    (m = min(committed + cap, N) - drafter_pos; 0 once stopped) run back to back at the
-    contended rate while the target runs; prefix sums of their works give the pass end
-    and the drafter completions before it; the step in flight at the pass end carries
-    over (and is discarded if the commit re-syncs the drafter).
-  - prefill_then_verify / adaptive_budget leave the loop as soon as the drafter has
-    exited and the target is in a decode step; the rest is a closed sum.
+* ``prefill_then_verify`` / ``adaptive_budget`` / ``parallel_sd``: the window engine
+  (:mod:`egpt_sim.fast.window`), in two phases named after what they model — a lock-step
+  event loop over both prefill phases and the window (every request advanced to its own
+  next completion, processor sharing between its two activities), then a lock-step loop
+  over target passes once a request's target is in a pass and its drafter past its
+  prefill (within one pass nothing re-syncs, so the drafter's steps during it are prefix
+  sums). prefill_then_verify / adaptive_budget finish with a closed sum as soon as the
+  drafter has exited and the target is in a decode step.
 
 Tie rule: when a target activity and a drafter activity of the same request complete
 at the same instant, the target's completion is handled first (phase 2: a drafter step
@@ -67,15 +58,17 @@ vectorised. :func:`run_grid` still routes a strategy missing from ``FAST_STRATEG
 (say, one registered later) to SimPy and counts scenarios per engine, so a fallback
 would show up in the benchmark output.
 
-``run_grid(configs, traces_path, workers, use_fast=True)`` (this module) runs a list of
-scenarios over a process pool (the trace-set path goes to the workers; each builds one
-:class:`DrawBank` per draw key and reuses it) and returns one summary row per scenario.
+``run_grid(configs, traces_path, workers, use_fast=True)`` (:mod:`egpt_sim.fast.grid`) runs
+a list of scenarios over a process pool (the trace-set path goes to the workers; each
+builds one :class:`DrawBank` per draw key and reuses it) and returns one summary row per
+scenario.
 
-Written against ``egpt_sim.sim.processes`` / ``strategies`` / ``gpu`` / ``runner`` as of the
-per-sample replay / peer-activity contention change (d1 == t1 counted in
-``accepted_tokens`` and ``window_accepted``, the latter capped at ``window_drafts``; the
-CPU lane; adaptive budget fixed at request start); ``tests/test_fastpath.py`` fails if the
-reference model changes semantics (example, peer-dependent synthetic and h100/fp16 sets).
+Modules: :mod:`~egpt_sim.fast.api` (entry points, engine per strategy),
+:mod:`~egpt_sim.fast.window` and :mod:`~egpt_sim.fast.sequential` (the engines),
+:mod:`~egpt_sim.fast.batch` (scenarios stacked row-wise, rate tables),
+:mod:`~egpt_sim.fast.cache` (per-bank and per-trace-set caches), :mod:`~egpt_sim.fast.grid`.
+``tests/test_fastpath.py`` fails if the two engines disagree (example, peer-dependent
+synthetic and h100/fp16 sets).
 """
 
 from .api import FAST_STRATEGIES, simulate_arrays, simulate_fast, simulate_many, summarize_arrays

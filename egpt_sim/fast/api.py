@@ -11,12 +11,12 @@ import pandas as pd
 
 from ..sim.config import SimConfig
 from ..sim.draws import DrawBank
+from ..sim.rules import contention_for
 from ..sim.runner import (
     REQUEST_COLUMNS,
     TIMELINE_COLUMNS,
     SimResult,
     check_bank_scenario,
-    contention_for,
     draw_bank,
     time_source_detail,
 )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..sim import rules
 from ..sim.config import SimConfig
 from ..sim.draws import DrawBank
-from ..sim.runner import contention_for
-from ..traces.schema import CPU_STAGES
+from ..sim.rules import contention_for
 from ..traces.traceset import PREFILL_PHASE_STAGES, TraceSet
 from .cache import _acc_key, _bank_cache, _plan, _source
 
@@ -43,12 +43,13 @@ class _Batch:
         self.gmax = int(g_s.max())
         self.Nr = N_s[self.sid]
         self.gr = g_s[self.sid]
-        la_s = np.array([int(c.lookahead_blocks) for c in cfgs], dtype=np.int64) * g_s
-        self.la_r = la_s[self.sid]
+        lb_s = np.array([int(c.lookahead_blocks) for c in cfgs], dtype=np.int64)
+        self.lb_r = lb_s[self.sid]
+        la_s = lb_s * g_s
         self.lamax = int(la_s.max())
         self.sources = [_source(c, traces) for c in cfgs]
-        # contended rates (1 / factor) by (target stage code, drafter stage code), as
-        # gpu.contended_rate computes them: rt[s, tc, dc], rd[s, dc, tc]
+        # contended rates by (target stage code, drafter stage code), rules.contended_rate:
+        # rt[s, tc, dc], rd[s, dc, tc]
         self.rt_pair, self.rd_pair = _rate_tables(self.contention)
         self.vtab = bank.verify_table(max(self.gmax, 1))[self.req]  # (R, >= gmax + 1) per-sample verify ms
         self.phase_t = bank.phase_ms["target"][self.req]
@@ -76,17 +77,15 @@ _D_CODES = PREFILL_PHASE_STAGES + ("draft_step",)
 
 def _rate_tables(models) -> tuple[np.ndarray, np.ndarray]:
     """Per scenario: rate of the target at code tc beside the drafter at code dc, and the
-    reverse (1 where either is a CPU stage: CPU stages never share the GPU)."""
+    reverse (:func:`egpt_sim.sim.rules.contended_rate`: 1 where either is a CPU stage)."""
     S = len(models)
     rt = np.ones((S, len(_T_CODES), len(_D_CODES)))
     rd = np.ones((S, len(_D_CODES), len(_T_CODES)))
     for s, cm in enumerate(models):
         for i, ts in enumerate(_T_CODES):
             for j, ds in enumerate(_D_CODES):
-                if ts in CPU_STAGES or ds in CPU_STAGES:
-                    continue
-                rt[s, i, j] = 1.0 / cm.contention_factor("target", ts, ds)
-                rd[s, j, i] = 1.0 / cm.contention_factor("drafter", ds, ts)
+                rt[s, i, j] = rules.contended_rate(cm, "target", ts, (ds,))
+                rd[s, j, i] = rules.contended_rate(cm, "drafter", ds, (ts,))
     return rt, rd
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..sim import rules
 from .batch import _Batch, _empty_counters
 from .cache import _BankCache
 
@@ -52,7 +53,7 @@ def _serial_sd(b: _Batch) -> list[dict]:
     After every target pass the drafter re-synchronises (a pass over k drafts accepts
     L <= k; keeping would need drafter_pos = c + k >= c + L + 1 and run_end >= c + L + 1,
     i.e. L < k and L = k), so each loop iteration starts with no drafts available and
-    drafts exactly ``want = min(gamma, N - c - 1)``; pass j of every request is column j.
+    drafts exactly ``want = rules.block_size(c, gamma, N)``; pass j of every request is column j.
     """
     bc, R, req, rows = b.bc, b.R, b.req, b.rows
     Nr, gr = b.Nr, b.gr
@@ -65,12 +66,11 @@ def _serial_sd(b: _Batch) -> list[dict]:
     rt = b.runs(b.Nmax + 2)
     # drafter prefill drafts position 1; target prefill commits it (commit(0))
     r0 = rt[:, 0].astype(np.int64)
-    keep = r0 >= 1
-    accepted = keep.astype(np.int64)  # d1 == t1 counts as accepted
+    accepted = rules.d1_matches(1, r0).astype(np.int64)  # d1 == t1 counts as accepted
     window_acc = accepted.copy()
-    run_end = np.where(keep, r0, 1 + rt[:, 1])
+    _, committed, keep = rules.commit_pass(0, r0, 1, 0, Nr)  # committed = 1 (N >= 1)
+    run_end = np.where(keep, r0, committed + rt[:, 1])  # else re-sync at position 1
     runs_used = np.where(keep, 1, 2)
-    committed = np.ones(R, dtype=np.int64)  # N >= 1
     out["window_drafts"][:] = 1
     t = tpe.copy()
     steps = np.zeros(R, dtype=np.int64)
@@ -85,19 +85,18 @@ def _serial_sd(b: _Batch) -> list[dict]:
             act = committed < Nr
             if not act.any():
                 break
-            want = np.where(act, np.minimum(gr, Nr - committed - 1), 0)
+            want = np.where(act, rules.block_size(committed, gr, Nr), 0)
             t += cd[req, steps + want] - cd[req, steps]
             steps += want
-            k = want  # drafts available == want (see docstring); verify_budget = want
+            k = want  # rules.verify_size with exactly want drafts available (see docstring)
             ms = np.where(k > 0, vtab[rows, k], td[req, j])
             t = np.where(act, t + ms, t)
-            L = np.maximum(0, np.minimum(run_end - committed, k))
-            c2 = np.minimum(committed + L + 1, Nr)
+            L, c2, _ = rules.commit_pass(committed, run_end, committed + want, k, Nr)
             # window_drafts = 1 (d1 only): window_accepted stays d1 == t1 (min(L, 0) = 0 added)
             accepted += np.where(act, L, 0)
             verify_passes += act & (k > 0)
             passes += act
-            # always re-sync after a pass
+            # the drafter never keeps its lookahead here: re-sync after every pass (docstring)
             run_end = np.where(act, c2 + rt[rows, np.minimum(runs_used, width)], run_end)
             runs_used = runs_used + act
             committed = np.where(act, c2, committed)

@@ -1,420 +1,452 @@
 """The window engine: ``prefill_then_verify``, ``adaptive_budget`` and ``parallel_sd``, the
-strategies whose drafter drafts while the target prefills (see :mod:`egpt_sim.fast`)."""
+strategies whose drafter drafts while the target prefills (SimPy:
+:func:`egpt_sim.sim.strategies._window_then`).
+
+Every request of a :class:`~egpt_sim.fast.batch._Batch` is one row of the arrays of a
+:class:`_Window`. A request holds at most one target and one drafter activity: a program
+counter, the alone-time work left (ms) and whether it is on the GPU. :func:`_window_engine`
+runs two phases:
+
+1. :meth:`_Window.run_events` — a lock-step event loop over both prefill phases and the
+   window. Each iteration advances every request to *its own* next completion
+   (:meth:`~_Window.advance_to_next_completion`: processor sharing at the contended rates)
+   and handles what completed (:meth:`~_Window.on_target_completions`,
+   :meth:`~_Window.on_drafter_completions`). With ``aggregate``, a request whose target is
+   in a pass while its drafter is past its prefill is parked (:meth:`~_Window.park`).
+2. :meth:`_Window.run_passes` — a lock-step loop over target passes. Within one pass
+   nothing re-syncs, so the drafter's step in flight and the further steps it may take run
+   back to back at the contended rate while the target runs
+   (:meth:`~_Window.drafter_steps_during_pass`, prefix sums of their works); then the pass
+   ends (:meth:`~_Window.end_pass`) and the step in flight carries over.
+
+prefill_then_verify / adaptive_budget requests whose drafter has exited and whose target is
+in a decode step finish with a closed sum (:meth:`~_Window.finish_decoding`). The rules —
+commit / re-sync, verify size, draft cap, CPU lane, contended rates — are those of
+:mod:`egpt_sim.sim.rules`, applied to index arrays.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..sim import rules
+from ..traces.schema import CPU_STAGES
 from ..traces.traceset import PREFILL_PHASE_STAGES
 from .batch import _Batch
-
-
-_EPS_MS = 1e-9  # egpt_sim.sim.gpu._EPS_MS: a GPU activity with no more work than this takes no time
-
-_GPU_STAGE = tuple(s not in ("load", "preprocess") for s in PREFILL_PHASE_STAGES)
-
 
 # target program counter: 0..3 prefill-phase stages, 4 = target pass, 5 = done, 6 = parked
 # drafter program counter: 0..3 prefill-phase stages, 4 = draft step, 5 = idle (waiting), 6 = exited
 _T_PASS, _T_DONE, _T_PARKED = 4, 5, 6
-
 _D_STEP, _D_IDLE, _D_EXIT = 4, 5, 6
+_VERIFY_CODE, _DECODE_CODE = 4, 5  # a target pass in the rate tables (egpt_sim.fast.batch._T_CODES)
+_GPU_STAGE = np.array([s not in CPU_STAGES for s in PREFILL_PHASE_STAGES])  # by prefill-phase stage index
 
 
-def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
-    """prefill_then_verify / adaptive_budget / parallel_sd (strategies._window_then).
+class _Window:
+    """The window engine's state: one row per request of a batch (see the module docstring)."""
 
-    ``aggregate=False`` runs the plain event loop to the end (one completion per
-    request per iteration); ``True`` switches each request to the per-pass loop once
-    its drafter is past its prefill and its target in a pass (same semantics, fewer
-    iterations; both are tested against SimPy).
-    """
-    bc, R, req, sid = b.bc, b.R, b.req, b.sid
-    Nr, gr = b.Nr, b.gr
-    keep_drafting = b.strategy == "parallel_sd"
-    adaptive = b.strategy == "adaptive_budget"
-    cap_after = b.la_r if keep_drafting else np.zeros(R, dtype=np.int64)
-    shared = b.shared
-    inf = np.inf
+    __slots__ = (
+        "b", "bc", "R", "req", "sid", "Nr", "gr", "keep_drafting", "cap_after", "shared", "phase_t", "phase_d",
+        "rt_pair", "rd_pair", "vtab", "td", "rt", "dd", "dd_width", "dd_lo", "budget",
+        "now", "latency", "tpc", "tw", "tgpu", "kcur", "dpc", "dw", "dgpu",
+        "committed", "dpos", "run_end", "runs_used", "generation", "step_gen", "stopped", "tpref",
+        "dsteps", "tpasses", "drafted", "wasted", "window_drafts", "accepted", "window_acc", "verify_passes",
+        "tpe", "dpe", "n_done", "n_parked", "parked_tw", "parked_dw",
+    )
 
-    phase_t, phase_d = b.phase_t, b.phase_d
-    rt_pair, rd_pair = b.rt_pair, b.rd_pair
-    vtab = b.vtab
-    td = bc.stream("target_decode", max(b.Nmax - 1, 1))
-    rt = b.runs(b.Nmax + 2)
-    dd_width = [0]
-    dd = [None]
-    dd_lo = [0.0]  # min over the generated drafter steps (bounds steps per pass)
+    def __init__(self, b: _Batch):
+        self.b, self.bc, self.R, self.req, self.sid = b, b.bc, b.R, b.req, b.sid
+        self.Nr, self.gr, self.shared = b.Nr, b.gr, b.shared
+        self.keep_drafting = b.strategy == "parallel_sd"
+        self.cap_after = rules.after_prefill_cap(self.keep_drafting, b.lb_r, b.gr)
+        self.phase_t, self.phase_d = b.phase_t, b.phase_d
+        self.rt_pair, self.rd_pair = b.rt_pair, b.rd_pair
+        self.vtab = b.vtab
+        self.td = b.bc.stream("target_decode", max(b.Nmax - 1, 1))
+        self.rt = b.runs(b.Nmax + 2)
+        self.dd, self.dd_width, self.dd_lo = None, 0, 0.0
+        self.drafter_stream(1)
+        if b.strategy == "adaptive_budget":  # fixed per scenario at request start (b >= 1 here)
+            self.budget = np.array([int(p["window_budget"]) for p in b.plans], dtype=np.int64)[b.sid]
+        else:
+            self.budget = b.gr.copy()
+        self._start()
 
-    def drafter_stream(need):
-        if need > dd_width[0]:
+    def _start(self) -> None:
+        """Every request at its start (run_request: the initial sync at position 0, generation 0)."""
+        R = self.R
+        i64 = dict(dtype=np.int64)
+        self.now, self.latency = np.zeros(R), np.full(R, np.nan)
+        self.tpc, self.kcur, self.dpc = np.zeros(R, **i64), np.zeros(R, **i64), np.zeros(R, **i64)
+        # CPU lane: the target's load starts when the drafter's CPU stages end, so its first
+        # CPU stage carries that wait
+        self.tw = rules.cpu_stages_ms(self.phase_d) + self.phase_t[:, 0]
+        self.dw = self.phase_d[:, 0].copy()
+        self.tgpu, self.dgpu = np.full(R, _GPU_STAGE[0]), np.full(R, _GPU_STAGE[0])
+        if _GPU_STAGE[0]:
+            self.tw[self.tw <= rules.EPS_MS] = 0.0
+            self.dw[self.dw <= rules.EPS_MS] = 0.0
+        self.committed, self.dpos = np.zeros(R, **i64), np.zeros(R, **i64)
+        self.run_end = self.rt[:, 0].astype(np.int64)  # rules.resync at position 0
+        self.runs_used = np.ones(R, **i64)
+        self.generation, self.step_gen = np.zeros(R, **i64), np.zeros(R, **i64)
+        self.stopped, self.tpref = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
+        for name in ("dsteps", "tpasses", "drafted", "wasted", "window_drafts", "accepted", "window_acc",
+                     "verify_passes"):
+            setattr(self, name, np.zeros(R, **i64))
+        self.tpe, self.dpe = np.full(R, np.nan), np.full(R, np.nan)
+        self.n_done = self.n_parked = 0
+        self.parked_tw, self.parked_dw = np.zeros(R), np.full(R, np.inf)
+
+    # ------------------------------------------------------------------ draws and rates
+
+    def drafter_stream(self, need: int) -> np.ndarray:
+        """The drafter's decode steps, at least ``need`` columns (and their minimum)."""
+        if need > self.dd_width:
+            b = self.b
             w = max(need, 2 * b.Nmax + 2 * b.lamax + 64)
-            dd[0] = bc.stream("drafter_decode", w)
-            dd_width[0] = dd[0].shape[1]
-            dd_lo[0] = bc.stream_min("drafter_decode", dd_width[0])
-        return dd[0]
+            self.dd = self.bc.stream("drafter_decode", w)
+            self.dd_width = self.dd.shape[1]
+            self.dd_lo = self.bc.stream_min("drafter_decode", self.dd_width)  # bounds steps per pass
+        return self.dd
 
-    drafter_stream(1)
+    def rates(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Contended rates of the target and the drafter activity of requests ``sel`` (both on the GPU)."""
+        tpc = self.tpc[sel]
+        tc = np.where(tpc < _T_PASS, tpc, np.where(self.kcur[sel] > 0, _VERIFY_CODE, _DECODE_CODE))
+        dc = np.minimum(self.dpc[sel], _D_STEP)
+        s_ = self.sid[sel]
+        return self.rt_pair[s_, tc, dc], self.rd_pair[s_, dc, tc]
 
-    # ---- state (run_request: initial sync at position 0, then generation reset to 0)
-    now = np.zeros(R)
-    latency = np.full(R, np.nan)
-    tpc = np.zeros(R, dtype=np.int64)
-    # CPU lane (processes module docstring): the target's load starts when the drafter's
-    # preprocess ends, so its first CPU stage carries that wait
-    tw = (phase_d[:, 0] + phase_d[:, 1]) + phase_t[:, 0]
-    tgpu = np.full(R, _GPU_STAGE[0])
-    kcur = np.zeros(R, dtype=np.int64)
-    dpc = np.zeros(R, dtype=np.int64)
-    dw = phase_d[:, 0].copy()
-    dgpu = np.full(R, _GPU_STAGE[0])
-    if _GPU_STAGE[0]:
-        tw[tw <= _EPS_MS] = 0.0
-        dw[dw <= _EPS_MS] = 0.0
+    # ------------------------------------------------------------------ the rules on index arrays
 
-    committed = np.zeros(R, dtype=np.int64)
-    dpos = np.zeros(R, dtype=np.int64)
-    run_end = rt[:, 0].astype(np.int64)
-    runs_used = np.ones(R, dtype=np.int64)
-    generation = np.zeros(R, dtype=np.int64)
-    step_gen = np.zeros(R, dtype=np.int64)
-    stopped = np.zeros(R, dtype=bool)
-    tpref = np.zeros(R, dtype=bool)
-    dsteps = np.zeros(R, dtype=np.int64)
-    tpasses = np.zeros(R, dtype=np.int64)
-    drafted = np.zeros(R, dtype=np.int64)
-    wasted = np.zeros(R, dtype=np.int64)
-    window_drafts = np.zeros(R, dtype=np.int64)
-    accepted = np.zeros(R, dtype=np.int64)
-    window_acc = np.zeros(R, dtype=np.int64)
-    verify_passes = np.zeros(R, dtype=np.int64)
-    if adaptive:  # strategies.adaptive_budget: fixed per scenario at request start (b >= 1 here)
-        budget = np.array([int(p["window_budget"]) for p in b.plans], dtype=np.int64)[sid]
-    else:
-        budget = gr.copy()
-    tpe = np.full(R, np.nan)
-    dpe = np.full(R, np.nan)
-    n_done = 0
+    def resync(self, s: np.ndarray) -> None:
+        """The drafter restarts from the committed prefix; a fresh acceptance run starts."""
+        self.dpos[s], self.run_end[s] = rules.resync(self.committed[s], self.rt[s, self.runs_used[s]])
+        self.runs_used[s] += 1
+        self.generation[s] += 1
 
-    def rates(t_sel, d_sel):
-        """Contended rates of the target / drafter activities of requests ``t_sel``."""
-        tc = np.where(tpc[t_sel] < _T_PASS, tpc[t_sel], np.where(kcur[t_sel] > 0, 4, 5))
-        dc = np.minimum(dpc[d_sel], _D_STEP)
-        s_ = sid[t_sel]
-        return rt_pair[s_, tc, dc], rd_pair[s_, dc, tc]
-
-    # ---- helpers on index arrays
-    def sync(s):
-        c = committed[s]
-        dpos[s] = c
-        run_end[s] = c + rt[s, runs_used[s]]
-        runs_used[s] += 1
-        generation[s] += 1
-
-    def commit(idx, k):
-        c = committed[idx]
-        L = np.maximum(0, np.minimum(run_end[idx] - c, k))
-        c2 = np.minimum(c + L + 1, Nr[idx])
-        committed[idx] = c2
-        accepted[idx] += L
-        bad = (dpos[idx] < c2) | (run_end[idx] < c2)
+    def commit(self, idx: np.ndarray, k) -> np.ndarray:
+        """Book a target pass over ``k`` drafts; returns the accepted counts."""
+        L, after, keeps = rules.commit_pass(self.committed[idx], self.run_end[idx], self.dpos[idx], k, self.Nr[idx])
+        self.committed[idx] = after
+        self.accepted[idx] += L
+        bad = ~keeps
         if bad.any():
-            sync(idx[bad])
+            self.resync(idx[bad])
         return L
 
-    def start_pass(idx, k):
-        j = tpasses[idx]
-        ri = req[idx]
-        ver = k > 0
-        ms = np.where(ver, vtab[idx, k], td[ri, j])
-        tpasses[idx] = j + 1
-        tw[idx] = ms
-        tgpu[idx] = True
-        tpc[idx] = _T_PASS
-        kcur[idx] = k
+    def verify_k(self, idx: np.ndarray, limit) -> np.ndarray:
+        return rules.verify_size(self.dpos[idx], self.committed[idx], limit, self.Nr[idx])
 
-    def finish(idx):
-        latency[idx] = now[idx]
-        tpc[idx] = _T_DONE
-        tw[idx] = 0.0
-        dpc[idx] = _D_EXIT
-        dw[idx] = inf
-        dgpu[idx] = False
-        tgpu[idx] = False
+    def start_pass(self, idx: np.ndarray, k: np.ndarray) -> None:
+        """The next target pass: a decode step (k = 0) or a verify pass over k drafts."""
+        j = self.tpasses[idx]
+        self.tw[idx] = np.where(k > 0, self.vtab[idx, k], self.td[self.req[idx], j])
+        self.tpasses[idx] = j + 1
+        self.tgpu[idx] = True
+        self.tpc[idx] = _T_PASS
+        self.kcur[idx] = k
 
-    def verify_k(idx, limit):
-        c = committed[idx]
-        avail = np.maximum(0, dpos[idx] - c)
-        return np.maximum(0, np.minimum(np.minimum(avail, limit), Nr[idx] - c - 1))
+    def finish(self, idx: np.ndarray) -> None:
+        """Requests ``idx`` emitted every token now."""
+        self.latency[idx] = self.now[idx]
+        self.tpc[idx] = _T_DONE
+        self.tw[idx] = 0.0
+        self.dpc[idx] = _D_EXIT
+        self.dw[idx] = np.inf
+        self.dgpu[idx] = False
+        self.tgpu[idx] = False
 
-    def drafter_next(idx):
-        """The drafter loop's decision after a completion or a wake-up."""
-        c = committed[idx]
-        n_ = Nr[idx]
-        ex = stopped[idx] | (c >= n_)
-        cap = np.where(tpref[idx], cap_after[idx], budget[idx])
-        p = dpos[idx]
-        go = ~ex & (np.maximum(0, p - c) < cap) & (p < n_)
+    def drafter_next(self, idx: np.ndarray) -> None:
+        """The drafter loop's decision after a completion or a wake-up: draft, wait or exit."""
+        c, n = self.committed[idx], self.Nr[idx]
+        ex = rules.drafter_exits(self.stopped[idx], c, n)
+        cap = rules.draft_cap(self.tpref[idx], self.budget[idx], self.cap_after[idx])
+        go = ~ex & rules.drafter_drafts(self.dpos[idx], c, cap, n)
         g = idx[go]
         if g.size:
-            i = dsteps[g]
-            arr = drafter_stream(int(i.max()) + 1)
-            dw[g] = arr[req[g], i]
-            dsteps[g] = i + 1
-            step_gen[g] = generation[g]
-            dpc[g] = _D_STEP
-            dgpu[g] = True
+            i = self.dsteps[g]
+            self.dw[g] = self.drafter_stream(int(i.max()) + 1)[self.req[g], i]
+            self.dsteps[g] = i + 1
+            self.step_gen[g] = self.generation[g]
+            self.dpc[g] = _D_STEP
+            self.dgpu[g] = True
         rest = idx[~go]
         if rest.size:
-            dpc[rest] = np.where(ex[~go], _D_EXIT, _D_IDLE)
-            dw[rest] = inf
-            dgpu[rest] = False
+            self.dpc[rest] = np.where(ex[~go], _D_EXIT, _D_IDLE)
+            self.dw[rest] = np.inf
+            self.dgpu[rest] = False
 
-    def wake(idx):
-        w = idx[dpc[idx] == _D_IDLE]
+    def wake(self, idx: np.ndarray) -> None:
+        """Waiting drafters of ``idx`` decide again (the committed prefix changed)."""
+        w = idx[self.dpc[idx] == _D_IDLE]
         if w.size:
-            drafter_next(w)
+            self.drafter_next(w)
 
-    def pass_end(c):
-        """Target pass ends (now): book it, then the next pass starts and the drafter wakes."""
-        k = kcur[c]
-        first_pass_verify = (k > 0) & (tpasses[c] == 1)
-        verify_passes[c] += k > 0
-        L = commit(c, k)
-        sel = first_pass_verify & (window_acc[c] == 1)
+    def end_pass(self, c: np.ndarray) -> int:
+        """Target passes of requests ``c`` end now: book them, start the next pass, wake the
+        drafter. Returns how many requests finished."""
+        k = self.kcur[c]
+        first_pass_verify = (k > 0) & (self.tpasses[c] == 1)
+        self.verify_passes[c] += k > 0
+        L = self.commit(c, k)
+        sel = first_pass_verify & (self.window_acc[c] == 1)
         if sel.any():  # d1 matched: add the window drafts the first verify accepted
             f = c[sel]
-            window_acc[f] += np.minimum(L[sel], window_drafts[f] - 1)
-        done = committed[c] >= Nr[c]
+            self.window_acc[f] += rules.window_accepted_after(L[sel], self.window_drafts[f])
+        done = self.committed[c] >= self.Nr[c]
         nd = 0
         if done.any():
-            finish(c[done])
+            self.finish(c[done])
             nd = int(done.sum())
             c = c[~done]
         if c.size:
-            start_pass(c, verify_k(c, gr[c]) if keep_drafting else np.zeros(c.size, dtype=np.int64))
-            wake(c)
+            self.start_pass(c, self.verify_k(c, self.gr[c]) if self.keep_drafting else np.zeros(c.size, dtype=np.int64))
+            self.wake(c)
         return nd
 
-    def finalize_ar():
-        """prefill_then_verify / adaptive: drafter gone, target in AR decode -> closed sum."""
-        f = np.flatnonzero((dpc == _D_EXIT) & (tpc == _T_PASS) & (kcur == 0))
+    def finish_decoding(self) -> int:
+        """prefill_then_verify / adaptive_budget: drafter gone, target in a decode step -> the
+        rest is a closed sum of the decode stream. Returns how many requests finished."""
+        f = np.flatnonzero((self.dpc == _D_EXIT) & (self.tpc == _T_PASS) & (self.kcur == 0))
         if f.size:
-            rem = Nr[f] - committed[f] - 1  # decode steps after the current one
-            j0 = tpasses[f]
-            ct = bc.csum("target_decode", int((j0 + rem).max()))
-            ri = req[f]
-            end = now[f] + tw[f]  # drafter gone: the current step runs at rate 1
-            now[f] = end + (ct[ri, j0 + rem] - ct[ri, j0])
-            tpasses[f] = j0 + rem
-            committed[f] = Nr[f]
-            finish(f)
+            rem = self.Nr[f] - self.committed[f] - 1  # decode steps after the current one
+            j0 = self.tpasses[f]
+            ct = self.bc.csum("target_decode", int((j0 + rem).max()))
+            ri = self.req[f]
+            end = self.now[f] + self.tw[f]  # drafter gone: the current step runs at rate 1
+            self.now[f] = end + (ct[ri, j0 + rem] - ct[ri, j0])
+            self.tpasses[f] = j0 + rem
+            self.committed[f] = self.Nr[f]
+            self.finish(f)
         return int(f.size)
 
-    # ---------------------------------------------------------------- phase 1: events
-    # One completion per request per iteration. With ``aggregate``, a request whose
-    # target is in a pass while its drafter is past its prefill is parked (frozen in
-    # time) and phase 2 takes it over.
-    one = np.ones(R)
-    parked_tw = np.zeros(R)
-    parked_dw = np.full(R, inf)
-    n_parked = 0
-    while n_done + n_parked < R:
-        # -- advance every request to its next completion (processor sharing on one GPU)
-        if shared:
-            both = tgpu & dgpu
+    # ------------------------------------------------------------------ phase 1: events
+
+    def run_events(self, aggregate: bool) -> None:
+        """Phase 1: one completion per request per iteration, until every request is done
+        or (``aggregate``) parked for the per-pass loop."""
+        one = np.ones(self.R)
+        while self.n_done + self.n_parked < self.R:
+            te, de = self.advance_to_next_completion(one)
+            if te.size:
+                self.on_target_completions(te)
+            if de.size:
+                self.on_drafter_completions(de)
+            if not self.keep_drafting:
+                self.n_done += self.finish_decoding()
+            if aggregate:
+                self.park()
+
+    def advance_to_next_completion(self, one: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance every request to its next completion (processor sharing of the GPU while
+        both roles are on it); returns the requests whose target / drafter activity ended."""
+        if self.shared:
             rt_, rd_ = one.copy(), one.copy()
-            bi = np.flatnonzero(both)
+            bi = np.flatnonzero(self.tgpu & self.dgpu)
             if bi.size:
-                rt_[bi], rd_[bi] = rates(bi, bi)
-            ttime = tw / rt_
-            dtime = dw / rd_
+                rt_[bi], rd_[bi] = self.rates(bi)
+            ttime = self.tw / rt_
+            dtime = self.dw / rd_
         else:
-            ttime = tw
-            dtime = dw
+            ttime, dtime = self.tw, self.dw
         tev = ttime <= dtime  # tie: the target's completion is handled first
         dt = np.where(tev, ttime, dtime)
-        now += dt
-        if shared:
-            tw -= dt * rt_
-            dw -= dt * rd_
+        self.now += dt
+        if self.shared:
+            self.tw -= dt * rt_
+            self.dw -= dt * rd_
         else:
-            tw -= dt
-            dw -= dt
+            self.tw -= dt
+            self.dw -= dt
+        return np.flatnonzero(tev), np.flatnonzero(~tev)
 
-        te = np.flatnonzero(tev)
-        de = np.flatnonzero(~tev)
-        # -- target completions
-        if te.size:
-            pc = tpc[te]
-            m = pc < 3
-            if m.any():  # next prefill-phase stage
-                a = te[m]
-                npc = pc[m] + 1
-                tpc[a] = npc
-                w = phase_t[a, npc]
-                gpu = npc >= 2
-                tw[a] = np.where(gpu & (w <= _EPS_MS), 0.0, w)
-                tgpu[a] = gpu
-            m = pc == 3
-            if m.any():  # target prefill ends: ttft, window drafts, d1 == t1, commit(0)
-                a = te[m]
-                tpref[a] = True
-                tpe[a] = now[a]
-                window_drafts[a] = drafted[a]
-                d1 = (dpos[a] >= 1) & (run_end[a] >= 1)
-                accepted[a] += d1
-                window_acc[a] = np.where(d1, 1, window_acc[a])
-                commit(a, 0)
-                if keep_drafting:
-                    k = verify_k(a, gr[a])
-                else:
-                    stopped[a] = True
-                    k = verify_k(a, budget[a])
-                done = committed[a] >= Nr[a]
-                if done.any():
-                    finish(a[done])
-                    n_done += int(done.sum())
-                    k, a = k[~done], a[~done]
-                if a.size:
-                    start_pass(a, k)
-                    wake(a)
-            m = pc == _T_PASS
-            if m.any():  # target pass ends
-                n_done += pass_end(te[m])
-        # -- drafter completions
-        if de.size:
-            pc = dpc[de]
-            m = pc == _D_STEP
-            if m.any():
-                c = de[m]
-                same = step_gen[c] == generation[c]
-                dpos[c] += same
-                drafted[c] += same
-                wasted[c] += ~same
-                drafter_next(c)
-            m = pc < 3
-            if m.any():
-                a = de[m]
-                npc = pc[m] + 1
-                dpc[a] = npc
-                w = phase_d[a, npc]
-                gpu = npc >= 2
-                dw[a] = np.where(gpu & (w <= _EPS_MS), 0.0, w)
-                dgpu[a] = gpu
-            m = pc == 3
-            if m.any():  # drafter prefill ends: its logits draft position 1
-                a = de[m]
-                dpe[a] = now[a]
-                fresh = (generation[a] == 0) & (committed[a] == 0)
-                dpos[a] = np.where(fresh, 1, dpos[a])
-                drafted[a] += fresh
-                drafter_next(a)
-        if not keep_drafting:
-            n_done += finalize_ar()
-        if aggregate:
-            pk = np.flatnonzero((tpc == _T_PASS) & (dpc >= _D_STEP))
-            if pk.size:
-                parked_tw[pk] = tw[pk]
-                parked_dw[pk] = dw[pk]
-                tpc[pk] = _T_PARKED
-                tw[pk] = 0.0  # frozen: next completion "now", ignored (no handler for _T_PARKED)
-                dw[pk] = inf
-                n_parked += pk.size
+    def _next_prefill_stage(self, a: np.ndarray, pc: np.ndarray, role: str) -> None:
+        """Requests ``a`` move ``role`` to the prefill-phase stage after ``pc``."""
+        phase, pcs, work, on_gpu = ((self.phase_t, self.tpc, self.tw, self.tgpu) if role == "target" else
+                                    (self.phase_d, self.dpc, self.dw, self.dgpu))
+        npc = pc + 1
+        pcs[a] = npc
+        w = phase[a, npc]
+        gpu = _GPU_STAGE[npc]
+        work[a] = np.where(gpu & (w <= rules.EPS_MS), 0.0, w)
+        on_gpu[a] = gpu
 
-    # ---------------------------------------------------------------- phase 2: per pass
-    # Every live request: target in a pass (remaining work tw, contended rate trc),
-    # drafter in a draft step (remaining dw), idle, or exited. Within a pass nothing
-    # re-syncs, so the drafter runs its in-flight step, then up to m more steps back to
-    # back (m = P - drafter_pos, P = min(committed + cap, N); 0 once stopped), all at
-    # the contended rate while the target runs. The pass ends at T; the drafter
-    # completions before T are booked, the step in flight at T carries over.
-    if n_parked:
-        pk = np.flatnonzero(tpc == _T_PARKED)
-        tpc[pk] = _T_PASS
-        tw[pk] = parked_tw[pk]
-        dw[pk] = parked_dw[pk]
-    A = np.flatnonzero(tpc == _T_PASS)
-    while n_done < R:
-        twA = tw[A]
-        T = twA.copy()  # pass end (from now) when the drafter is not on the GPU
-        busy = dpc[A] == _D_STEP
-        B = A[busy]
-        if B.size:
-            nb = B.size
-            rb = np.arange(nb)
-            dwB = dw[B]
-            genok = step_gen[B] == generation[B]
-            c = committed[B]
-            p1 = dpos[B] + genok
-            nB = Nr[B]
-            m = np.where(stopped[B], 0, np.maximum(0, np.minimum(c + cap_after[B], nB) - p1))
-            twB = twA[busy]
-            if shared:
-                rtc, rdc = rates(B, B)  # target pass beside a draft step
-                tmax = twB / rtc  # pass end if the drafter stays busy throughout
-            else:
-                rdc = 1.0
-                tmax = twB
-            mmax = int(m.max())
-            if mmax:
-                # only steps that can finish within the longest pass matter: kb columns
-                dd_min = dd_lo[0]
-                kb = min(mmax, 1 + int(np.ceil(float((tmax * rdc).max()) / dd_min))) if dd_min > 0 else mmax
-                rB = req[B]
-                while True:
-                    cols = dsteps[B][:, None] + np.arange(kb)
-                    arr = drafter_stream(int(cols.max()) + 1)
-                    W = arr[rB[:, None], cols]
-                    W[np.arange(kb)[None, :] >= m[:, None]] = inf
-                    cum = np.empty((nb, kb + 1))
-                    cum[:, 0] = dwB
-                    np.cumsum(W, axis=1, out=cum[:, 1:])
-                    cum[:, 1:] += dwB[:, None]
-                    # truncation is exact only if a request with m > kb is still busy at
-                    # tmax (then its pass ends at tmax and q <= kb); else widen and redo
-                    if kb < mmax and ((m > kb) & (cum[:, kb] <= tmax * rdc)).any():
-                        kb = mmax
-                        continue
-                    break
-                busy_work = cum[rb, np.minimum(m, kb)]
-            else:
-                kb = 0
-                cum = dwB[:, None]
-                busy_work = dwB
-            if shared:
-                bw = busy_work / rdc  # wall time the drafter stays on the GPU
-                Tb = np.where(tmax <= bw, tmax, bw + (twB - bw * rtc))
-                q = (cum / rdc[:, None] < Tb[:, None]).sum(axis=1)
-            else:
-                Tb = tmax
-                q = (cum < Tb[:, None]).sum(axis=1)
-            d0 = q >= 1
-            v0 = d0 & genok
-            wasted[B] += d0 & ~genok
-            inc = v0 + np.maximum(q - 1, 0)
-            dpos[B] += inc
-            drafted[B] += inc
-            dsteps[B] += np.minimum(q, m)
-            infl = q <= m
-            rem = cum[rb, np.minimum(q, kb)] - Tb * rdc
-            dw[B] = np.where(infl, rem, inf)
-            step_gen[B] = np.where(infl & d0, generation[B], step_gen[B])
-            dpc[B] = np.where(infl, _D_STEP, np.where(stopped[B], _D_EXIT, _D_IDLE))
-            dgpu[B] = infl
-            T[busy] = Tb
-        now[A] += T
-        nd = pass_end(A)
-        if not keep_drafting:
-            nd += finalize_ar()
-        if nd:
-            n_done += nd
-            A = np.flatnonzero(tpc == _T_PASS)
+    def on_target_completions(self, te: np.ndarray) -> None:
+        pc = self.tpc[te]
+        m = pc < 3
+        if m.any():
+            self._next_prefill_stage(te[m], pc[m], "target")
+        m = pc == 3
+        if m.any():
+            self.target_prefill_end(te[m])
+        m = pc == _T_PASS
+        if m.any():
+            self.n_done += self.end_pass(te[m])
 
-    out = {
-        "latency_ms": latency, "ttft_ms": tpe.copy(), "target_prefill_end_ms": tpe,
-        "drafter_prefill_end_ms": dpe, "drafted_tokens": drafted, "window_drafts": window_drafts,
-        "wasted_drafts": wasted, "accepted_tokens": accepted, "window_accepted": window_acc,
-        "verify_passes": verify_passes, "target_passes": tpasses,
-    }
-    return b.split(out)
+    def target_prefill_end(self, a: np.ndarray) -> None:
+        """The target's prefill ends: ttft, window drafts, d1 == t1, commit(0), first pass."""
+        self.tpref[a] = True
+        self.tpe[a] = self.now[a]
+        self.window_drafts[a] = self.drafted[a]
+        d1 = rules.d1_matches(self.dpos[a], self.run_end[a])
+        self.accepted[a] += d1
+        self.window_acc[a] = np.where(d1, 1, self.window_acc[a])
+        self.commit(a, 0)
+        if self.keep_drafting:
+            k = self.verify_k(a, self.gr[a])
+        else:
+            self.stopped[a] = True
+            k = self.verify_k(a, self.budget[a])
+        done = self.committed[a] >= self.Nr[a]
+        if done.any():
+            self.finish(a[done])
+            self.n_done += int(done.sum())
+            k, a = k[~done], a[~done]
+        if a.size:
+            self.start_pass(a, k)
+            self.wake(a)
+
+    def on_drafter_completions(self, de: np.ndarray) -> None:
+        pc = self.dpc[de]
+        m = pc == _D_STEP
+        if m.any():  # a draft step ends: a draft, unless a re-sync made it stale
+            c = de[m]
+            same = self.step_gen[c] == self.generation[c]
+            self.dpos[c] += same
+            self.drafted[c] += same
+            self.wasted[c] += ~same
+            self.drafter_next(c)
+        m = pc < 3
+        if m.any():
+            self._next_prefill_stage(de[m], pc[m], "drafter")
+        m = pc == 3
+        if m.any():  # the drafter's prefill ends: its logits draft position 1
+            a = de[m]
+            self.dpe[a] = self.now[a]
+            fresh = (self.generation[a] == 0) & (self.committed[a] == 0)
+            self.dpos[a] = np.where(fresh, 1, self.dpos[a])
+            self.drafted[a] += fresh
+            self.drafter_next(a)
+
+    def park(self) -> None:
+        """Freeze requests whose target is in a pass and drafter past its prefill (phase 2's)."""
+        pk = np.flatnonzero((self.tpc == _T_PASS) & (self.dpc >= _D_STEP))
+        if pk.size:
+            self.parked_tw[pk] = self.tw[pk]
+            self.parked_dw[pk] = self.dw[pk]
+            self.tpc[pk] = _T_PARKED
+            self.tw[pk] = 0.0  # frozen: next completion "now", ignored (no handler for _T_PARKED)
+            self.dw[pk] = np.inf
+            self.n_parked += pk.size
+
+    # ------------------------------------------------------------------ phase 2: per pass
+
+    def run_passes(self) -> None:
+        """Phase 2: every live request's target is in a pass; one pass per iteration."""
+        if self.n_parked:
+            pk = np.flatnonzero(self.tpc == _T_PARKED)
+            self.tpc[pk] = _T_PASS
+            self.tw[pk] = self.parked_tw[pk]
+            self.dw[pk] = self.parked_dw[pk]
+        A = np.flatnonzero(self.tpc == _T_PASS)
+        while self.n_done < self.R:
+            T = self.tw[A].copy()  # pass end (from now) when the drafter is not on the GPU
+            busy = self.dpc[A] == _D_STEP
+            if busy.any():
+                T[busy] = self.drafter_steps_during_pass(A[busy], T[busy])
+            self.now[A] += T
+            nd = self.end_pass(A)
+            if not self.keep_drafting:
+                nd += self.finish_decoding()
+            if nd:
+                self.n_done += nd
+                A = np.flatnonzero(self.tpc == _T_PASS)
+
+    def drafter_steps_during_pass(self, B: np.ndarray, twB: np.ndarray) -> np.ndarray:
+        """Requests ``B`` (drafter in a step, target in a pass with ``twB`` work left): the
+        drafter runs its step in flight, then up to m more back to back (m = the draft limit
+        min(committed + cap, N) - drafter_pos; 0 once stopped), all at the contended rate while
+        the target runs. Books the drafter completions before the pass ends; the step in
+        flight then carries over. Returns the wall time to the end of the pass."""
+        genok = self.step_gen[B] == self.generation[B]
+        p1 = self.dpos[B] + genok
+        m = np.where(self.stopped[B], 0,
+                     np.maximum(0, rules.draft_limit(self.committed[B], self.cap_after[B], self.Nr[B]) - p1))
+        if self.shared:
+            rtc, rdc = self.rates(B)  # target pass beside a draft step
+            tmax = twB / rtc  # pass end if the drafter stays busy throughout
+        else:
+            rdc, tmax = 1.0, twB
+        cum, kb, busy_work = self._step_work_prefix(B, m, tmax * rdc)
+        if self.shared:
+            bw = busy_work / rdc  # wall time the drafter stays on the GPU
+            Tb = np.where(tmax <= bw, tmax, bw + (twB - bw * rtc))
+            q = (cum / rdc[:, None] < Tb[:, None]).sum(axis=1)  # drafter completions before the pass end
+        else:
+            Tb = tmax
+            q = (cum < Tb[:, None]).sum(axis=1)
+        d0 = q >= 1
+        v0 = d0 & genok
+        self.wasted[B] += d0 & ~genok
+        inc = v0 + np.maximum(q - 1, 0)
+        self.dpos[B] += inc
+        self.drafted[B] += inc
+        self.dsteps[B] += np.minimum(q, m)
+        infl = q <= m
+        rem = cum[np.arange(B.size), np.minimum(q, kb)] - Tb * rdc
+        self.dw[B] = np.where(infl, rem, np.inf)
+        self.step_gen[B] = np.where(infl & d0, self.generation[B], self.step_gen[B])
+        self.dpc[B] = np.where(infl, _D_STEP, np.where(self.stopped[B], _D_EXIT, _D_IDLE))
+        self.dgpu[B] = infl
+        return Tb
+
+    def _step_work_prefix(self, B: np.ndarray, m: np.ndarray, reach: np.ndarray):
+        """Prefix sums of the drafter's work from now: column 0 the step in flight, column i
+        + i further steps (at most ``m``; inf beyond). Only steps that can finish within the
+        longest ``reach`` of drafter work matter: ``kb`` columns. Returns (cum, kb, work of
+        the whole busy stretch)."""
+        dwB = self.dw[B]
+        mmax = int(m.max())
+        if not mmax:
+            return dwB[:, None], 0, dwB
+        nb = B.size
+        kb = min(mmax, 1 + int(np.ceil(float(reach.max()) / self.dd_lo))) if self.dd_lo > 0 else mmax
+        rB = self.req[B]
+        while True:
+            cols = self.dsteps[B][:, None] + np.arange(kb)
+            W = self.drafter_stream(int(cols.max()) + 1)[rB[:, None], cols]
+            W[np.arange(kb)[None, :] >= m[:, None]] = np.inf
+            cum = np.empty((nb, kb + 1))
+            cum[:, 0] = dwB
+            np.cumsum(W, axis=1, out=cum[:, 1:])
+            cum[:, 1:] += dwB[:, None]
+            # truncation is exact only if a request with m > kb is still busy at the pass end
+            # (then its pass ends at tmax and q <= kb); else widen and redo
+            if kb < mmax and ((m > kb) & (cum[:, kb] <= reach)).any():
+                kb = mmax
+                continue
+            return cum, kb, cum[np.arange(nb), np.minimum(m, kb)]
+
+    def result(self) -> dict:
+        return {
+            "latency_ms": self.latency, "ttft_ms": self.tpe.copy(), "target_prefill_end_ms": self.tpe,
+            "drafter_prefill_end_ms": self.dpe, "drafted_tokens": self.drafted, "window_drafts": self.window_drafts,
+            "wasted_drafts": self.wasted, "accepted_tokens": self.accepted, "window_accepted": self.window_acc,
+            "verify_passes": self.verify_passes, "target_passes": self.tpasses,
+        }
+
+
+def _window_engine(b: _Batch, aggregate: bool = True) -> list[dict]:
+    """prefill_then_verify / adaptive_budget / parallel_sd on a batch (see the module docstring).
+
+    ``aggregate=False`` runs the plain event loop to the end (one completion per request per
+    iteration); ``True`` switches each request to the per-pass loop once its drafter is past
+    its prefill and its target in a pass (same semantics, fewer iterations; both are tested
+    against SimPy).
+    """
+    w = _Window(b)
+    w.run_events(aggregate)
+    w.run_passes()
+    return b.split(w.result())

@@ -39,9 +39,11 @@ import pandas as pd
 import simpy
 
 from ..sim import strategies
+from ..sim.budget import planning_inputs
 from ..sim.gpu import Gpu, contended_rate
 from ..sim.processes import RequestContext
-from ..sim.runner import contention_for, draw_bank, planning_inputs, run_request
+from ..sim.rules import contention_for
+from ..sim.runner import draw_bank, run_request
 from ..traces.acceptance import make_source
 from ..traces.traceset import TraceSet
 from .config import ServingConfig

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..traces.contention import ContentionModel
 from ..traces.traceset import TraceSet
+from . import rules
 from .config import SimConfig
 
 
@@ -39,9 +40,9 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
         ds = d_step[d.own_decode[j]] if j >= 0 and d.own_decode[j] >= 0 else float(np.mean(d_step))
         ts = t_step[t.own_decode[i]] if t.own_decode[i] >= 0 else float(np.mean(t_step))
         samples.append({
-            "target_cpu_ms": float(t.phase_ms[i, 0] + t.phase_ms[i, 1]) * cpu,
+            "target_cpu_ms": float(rules.cpu_stages_ms(t.phase_ms[i])) * cpu,
             "target_vision_ms": float(t.phase_ms[i, 2]), "target_prefill_ms": float(t.phase_ms[i, 3]),
-            "drafter_cpu_ms": float(dp[0] + dp[1]) * cpu,
+            "drafter_cpu_ms": float(rules.cpu_stages_ms(dp)) * cpu,  # the target's wait on the CPU lane
             "drafter_vision_ms": float(dp[2]) / cfg.drafter_speed,
             "drafter_prefill_ms": float(dp[3]) / cfg.drafter_speed,
             "drafter_step_ms": float(ds) / cfg.drafter_speed, "target_decode_ms": float(ts),

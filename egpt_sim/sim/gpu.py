@@ -7,8 +7,8 @@ Scenario: each activity brings an amount of *work* equal to its duration when it
 alone (ms). Activities that can slow each other share a :class:`ContentionDomain`: one
 GPU, or — for host contention — the two GPUs of one request. While an activity of the
 other role runs in the same domain, an activity progresses at rate
-``1 / contention_factor(role, stage, peer_activity)`` (:mod:`egpt_sim.traces.contention`; with
-several peers, the largest factor); with no peer at rate 1. Whenever an activity starts
+:func:`egpt_sim.sim.rules.contended_rate` (1 / the contention factor of the peer's stage,
+:mod:`egpt_sim.traces.contention`; with several peers, the largest); with no peer at rate 1. Whenever an activity starts
 or ends, the remaining work of every running activity is updated and its completion
 re-scheduled. A domain whose factors are all 1 (two GPUs, processes or host contention
 assumed away) is exactly "every activity at its alone speed".
@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from ..traces.contention import ContentionModel
-
-_EPS_MS = 1e-9
+from . import rules
 
 
 @dataclass(eq=False)
@@ -36,11 +35,9 @@ class _Activity:
 
 
 def contended_rate(contention: ContentionModel, act, active) -> float:
-    """Rate of ``act`` among ``active`` activities: 1 / the largest factor over the
-    other role's running activities (1 with none)."""
-    f = max((contention.contention_factor(act.role, act.stage, b.stage) for b in active if b.role != act.role),
-            default=1.0)
-    return 1.0 / f
+    """Rate of ``act`` among ``active`` activities (:func:`egpt_sim.sim.rules.contended_rate`
+    over the other role's running activities)."""
+    return rules.contended_rate(contention, act.role, act.stage, [b.stage for b in active if b.role != act.role])
 
 
 class ContentionDomain:
@@ -83,7 +80,7 @@ class Gpu:
         act = _Activity(role, stage, float(work_ms), self)
         self._active.append(act)
         self._rerate()
-        while act.remaining_ms > _EPS_MS:
+        while act.remaining_ms > rules.EPS_MS:
             act.changed = env.event()
             done = env.timeout(act.remaining_ms / act.rate)
             fired = yield done | act.changed

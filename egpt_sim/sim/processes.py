@@ -19,13 +19,11 @@ Token bookkeeping (positions 1..N of the answer):
   new last committed position and that draft matched; otherwise it re-synchronises
   (its in-flight step, if any, finishes on the GPU and is discarded).
 
-CPU lane (stated here once; :mod:`egpt_sim.fast` follows it): the CPU stages (load,
-preprocess) of the two roles run one after the other, drafter first, as
-``measure.stages`` measures them ("stages 1-2 run one role after the other, drafter
-first"). When a strategy runs both prefill phases at once, the target's load starts when
-the drafter's preprocess ends (:func:`cpu_lane_wait`); each role's GPU stages start as
-soon as its own CPU stages end (the measurement's barrier before stage 3 only aligns the
-contention measurement and is not modelled). CPU stages never contend on the GPU.
+The rules — commit / re-sync, verify size, the drafter's cap, the CPU lane — are stated
+once in :mod:`egpt_sim.sim.rules`, which the fast engine (:mod:`egpt_sim.fast`) calls too.
+CPU lane: when a strategy runs both prefill phases at once, the target's load starts when
+the drafter's preprocess ends (:func:`cpu_lane_wait`; the measurement's barrier before stage
+3 only aligns the contention measurement and is not modelled).
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ import simpy
 from ..traces.contention import measured_stage
 from ..traces.schema import CPU_STAGES
 from ..traces.traceset import PREFILL_PHASE_STAGES
+from . import rules
 from .config import SimConfig
 from .draws import RequestDraws
 from .gpu import Gpu
@@ -90,7 +89,7 @@ class RequestContext:
             self.timeline.append((self.draws.request_id, role, activity, start, end, gpu, tokens))
 
     def drafts_available(self) -> int:
-        return max(0, self.state.drafter_pos - self.state.committed)
+        return max(0, self.state.drafter_pos - self.state.committed)  # rules.verify_size's "available"
 
     def notify(self) -> None:
         """Wake the drafter loop (state changed: commit, stop)."""
@@ -104,20 +103,18 @@ class RequestContext:
     def sync_drafter(self) -> None:
         """Drafter restarts from the committed prefix; a fresh acceptance run starts."""
         s = self.state
-        s.drafter_pos = s.committed
         u = np.array([self.draws.acceptance_u(s.runs_used)])
         run = int(self.source.runs(u, np.array([s.runs_used == 0]), np.array([self.draws.sample_u]))[0])
-        s.run_end = s.committed + run
+        s.drafter_pos, s.run_end = rules.resync(s.committed, run)
         s.runs_used += 1
         s.generation += 1
 
     def commit(self, k: int) -> int:
-        """Book a target pass over k drafts; returns accepted L. See module docstring."""
+        """Book a target pass over k drafts; returns accepted L (:func:`rules.commit_pass`)."""
         s = self.state
-        L = max(0, min(s.run_end - s.committed, k))
-        s.committed = min(s.committed + L + 1, self.cfg.output_tokens)
+        L, s.committed, keeps = rules.commit_pass(s.committed, s.run_end, s.drafter_pos, k, self.cfg.output_tokens)
         s.accepted += L
-        if not (s.drafter_pos >= s.committed and s.run_end >= s.committed):
+        if not keeps:
             self.sync_drafter()
         self.notify()
         return L
@@ -141,7 +138,8 @@ def stage(ctx: RequestContext, role: str, name: str, work_ms: float, tokens: int
 
 
 def cpu_lane_wait(ctx: RequestContext, role: str):
-    """The target's CPU stages wait for the drafter's (one CPU lane, drafter first)."""
+    """The target's CPU stages wait for the drafter's (one CPU lane, drafter first: the
+    wait is :func:`rules.cpu_stages_ms` of the drafter's phase)."""
     ev = ctx.drafter_cpu_done
     if role == "target" and ev is not None and not ev.processed:
         yield ev
@@ -163,7 +161,7 @@ def target_prefill(ctx: RequestContext):
     s.target_prefilled = True
     s.target_prefill_end_ms = s.ttft_ms = ctx.env.now
     s.window_drafts = s.drafted
-    if s.drafter_pos >= 1 and s.run_end >= 1:  # d1 equals t1: counted as accepted (saves no pass)
+    if rules.d1_matches(s.drafter_pos, s.run_end):  # d1 equals t1: counted as accepted (saves no pass)
         s.accepted += 1
         s.window_accepted = 1
     ctx.commit(0)
@@ -206,15 +204,16 @@ def target_pass(ctx: RequestContext, k: int):
     s.verify_passes += k > 0
     L = ctx.commit(k)
     if first_pass_verify and s.window_accepted == 1:  # d1 matched: add the window drafts accepted
-        s.window_accepted += min(L, s.window_drafts - 1)
+        s.window_accepted += rules.window_accepted_after(L, s.window_drafts)
 
 
 def drafter(ctx: RequestContext, cap_tokens):
     """Drafter loop: prefill, then draft while fewer than ``cap_tokens(ctx)`` drafts wait."""
     yield from drafter_prefill(ctx)
     s = ctx.state
-    while not s.drafter_stopped and s.committed < ctx.cfg.output_tokens:
-        if ctx.drafts_available() < cap_tokens(ctx) and s.drafter_pos < ctx.cfg.output_tokens:
+    n = ctx.cfg.output_tokens
+    while not rules.drafter_exits(s.drafter_stopped, s.committed, n):
+        if rules.drafter_drafts(s.drafter_pos, s.committed, cap_tokens(ctx), n):
             yield from draft_step(ctx)
         else:
             yield ctx.wait_for_change()
@@ -223,4 +222,4 @@ def drafter(ctx: RequestContext, cap_tokens):
 def verify_budget(ctx: RequestContext, budget: int | None = None) -> int:
     """Drafts the target verifies now: available, at most gamma (or budget), never past N."""
     limit = ctx.cfg.gamma if budget is None else budget
-    return max(0, min(ctx.drafts_available(), limit, ctx.cfg.output_tokens - ctx.state.committed - 1))
+    return rules.verify_size(ctx.state.drafter_pos, ctx.state.committed, limit, ctx.cfg.output_tokens)

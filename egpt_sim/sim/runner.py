@@ -31,6 +31,7 @@ from .config import SimConfig
 from .draws import DrawBank, RequestDraws
 from .gpu import Gpu
 from .processes import RequestContext
+from .rules import contention_for
 
 REQUEST_COLUMNS = (
     "request_id", "strategy", "n_gpus", "output_tokens", "gamma", "acceptance",
@@ -84,27 +85,6 @@ def summarize(requests: pd.DataFrame) -> dict:
         "verify_passes_mean": float(r["verify_passes"].mean()),
         "time_source": str(r["time_source"].iloc[0]) if "time_source" in r else "trace",
     }
-
-
-OVERLAPPING = ("prefill_then_verify", "parallel_sd", "adaptive_budget")  # both models run at once
-
-
-def contention_for(cfg: SimConfig, traces: TraceSet) -> ContentionModel:
-    """The contention model of ``cfg``'s domain (see :mod:`egpt_sim.traces.contention`).
-
-    One GPU: same-GPU contention fitted from ``shared_gpu`` rows. Two or more GPUs: host
-    contention (``separate_gpu`` rows; 1.0 by rule for processes; an explicit assumption
-    of 1.0 where not measured). Strategies that never run both models at once, and
-    ``contention='none'``, get no contention. Unmeasured factors follow
-    ``cfg.contention_missing``.
-    """
-    if cfg.contention == "none":
-        return ContentionModel.none("contention='none'")
-    if cfg.strategy not in OVERLAPPING:
-        return ContentionModel.none(f"not applicable: {cfg.strategy} never runs both models at once")
-    placement = "shared_gpu" if cfg.n_gpus == 1 else "separate_gpu"
-    model = traces.contention(placement, cfg.contention_concurrency, cfg.contention_missing)
-    return model.scaled(cfg.contention_scale)
 
 
 def run_request(cfg: SimConfig, draws: RequestDraws, source, contention: ContentionModel,

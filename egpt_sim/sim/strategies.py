@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from . import rules
 from .processes import (
     RequestContext,
     drafter,
@@ -85,7 +86,7 @@ def serial_sd(ctx: RequestContext):
     yield from target_prefill(ctx)
     n = ctx.cfg.output_tokens
     while s.committed < n:
-        want = min(ctx.cfg.gamma, n - s.committed - 1)
+        want = rules.block_size(s.committed, ctx.cfg.gamma, n)
         while ctx.drafts_available() < want:
             yield from draft_step(ctx)
         yield from target_pass(ctx, verify_budget(ctx))
@@ -94,11 +95,10 @@ def serial_sd(ctx: RequestContext):
 def _window_then(ctx: RequestContext, budget: Callable[[RequestContext], int], keep_drafting: bool):
     """Parallel prefill; verify the window's drafts; then AR decode or keep drafting."""
     s = ctx.state
-    gamma = ctx.cfg.gamma
-    lookahead = ctx.cfg.lookahead_blocks * gamma
+    after_prefill = rules.after_prefill_cap(keep_drafting, ctx.cfg.lookahead_blocks, ctx.cfg.gamma)
 
     def cap(c: RequestContext) -> int:
-        return budget(c) if not c.state.target_prefilled else (lookahead if keep_drafting else 0)
+        return rules.draft_cap(c.state.target_prefilled, budget(c), after_prefill)
 
     ctx.drafter_cpu_done = ctx.env.event()  # CPU lane: the drafter's CPU stages go first
     ctx.env.process(drafter(ctx, cap))
