@@ -155,14 +155,43 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
     runs are otherwise pooled, which the report says, with a per-run table).
     Raises :class:`TraceError` for a trace set with zero OK samples or a missing stage.
     """
+    ts = _report_traces(traces, acceptance_run)
+    st, pf, tok = stage_table(ts), prefill_table(ts), token_table(ts)  # raise before writing anything
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    c = _context(ts, st, pf, tok, output_tokens, gamma, n_gpus, strategies, n_requests, seed, acceptance, alphas)
+    R = _Report(out, c.prov, c.acc)
+    _header_section(R, c)
+    _summary_section(R, c)
+    _stage_timing_section(R, c)
+    _prefill_section(R, c)
+    _frames_section(R, c, frames_traces)
+    _token_section(R, c)
+    _memory_section(R, c)
+    ct = _contention_section(R, c)
+    _parallel_section(R, c)
+    rates = _acceptance_section(R, c)
+    _findings_section(R, c, ct, rates)
+    _implications_section(R, c, seed_scenarios, plan, target_speedup, plan_tol)
+    _footer(R, ts)
+    path = out / "report.md"
+    path.write_text("\n".join(R.lines))
+    return path
+
+
+def _report_traces(traces: str | Path | TraceSet | None, acceptance_run: str | None) -> TraceSet:
+    """The trace set reported on, reduced to one recorded acceptance run when one is named."""
     ts = traces if isinstance(traces, TraceSet) else TraceSet.load(resolve_trace_set(traces))
     if acceptance_run is not None:
         if ts.acceptance is None:
             raise TraceError(f"{ts.path}: no acceptance table, so acceptance run {acceptance_run!r} cannot be selected")
         ts = ts.with_acceptance_run(acceptance_run)
-    st, pf, tok = stage_table(ts), prefill_table(ts), token_table(ts)  # raise before writing anything
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return ts
+
+
+def _context(ts: TraceSet, st, pf, tok, output_tokens: int, gamma: int, n_gpus: Sequence[int],
+             strategies: Sequence[str], n_requests: int, seed: int, acceptance, alphas: Sequence[float]) -> _Ctx:
+    """The main scenario simulated for every strategy and GPU count (and the alpha sweep)."""
     gpus = gpu_counts(ts, n_gpus)
     strategies = list(dict.fromkeys(["target_only", *strategies]))
     acceptance, defaulted = resolve_acceptance(acceptance, ts)
@@ -174,24 +203,8 @@ def build_report(traces: str | Path | TraceSet | None, out_dir: str | Path, outp
     if alphas:
         alpha_sweep = speedup_sweep(ts, [s_ for s_ in strategies if s_ not in ("target_only", "drafter_only")],
                                     [output_tokens], list(alphas), gpus, n_requests=n_requests, gamma=gamma, seed=seed)
-    c = _Ctx(ts, ts.provenance(), output_tokens, gamma, gpus, n_requests, seed, acceptance, acc, st, pf, tok,
-             headline_numbers(ts), sims, alpha_sweep)
-    R = _Report(out, c.prov, acc)
-    _header_section(R, c)
-    _summary_section(R, c)
-    _timing_sections(R, c, frames_traces)
-    ct = _contention_section(R, c)
-    _parallel_section(R, c)
-    rates = _acceptance_section(R, c)
-    R.add("## Key findings", "")
-    for i, f in enumerate(_findings(c, ct, rates), 1):
-        R.add(f"{i}. {f}")
-    R.add("")
-    _implications_section(R, c, seed_scenarios, plan, target_speedup, plan_tol)
-    R.add("---", "", f"*Generated {_now()} by egpt_sim.report from `{_shown_path(ts.path)}`; figures: {', '.join(R.figures)}.*", "")
-    path = out / "report.md"
-    path.write_text("\n".join(R.lines))
-    return path
+    return _Ctx(ts, ts.provenance(), output_tokens, gamma, gpus, n_requests, seed, acceptance, acc, st, pf, tok,
+                headline_numbers(ts), sims, alpha_sweep)
 
 
 def _now() -> str:
@@ -254,9 +267,9 @@ def _summary_section(R: _Report, c: _Ctx) -> None:
             acc=f"{c.acc}, except rows naming an i.i.d. alpha (assumed)")
 
 
-def _timing_sections(R: _Report, c: _Ctx, frames_traces) -> None:
-    """5-stage table, prefill comparison, token scaling, token statistics, memory (all measured)."""
-    ts, prov, st, pf, tok, head, na = c.ts, c.prov, c.st, c.pf, c.tok, c.head, NOT_SIMULATED
+def _stage_timing_section(R: _Report, c: _Ctx) -> None:
+    """The 5-stage table and figure (measured, each model alone)."""
+    ts, prov, st, pf, head, na = c.ts, c.prov, c.st, c.pf, c.head, NOT_SIMULATED
     R.add("## 5-stage timing comparison", "",
           "Median ± interquartile range over OK samples, each model running alone on its GPU "
           f"(drafter {main_frames(ts).get('drafter')} frame(s), target {main_frames(ts).get('target')} frame(s)).", "")
@@ -272,28 +285,36 @@ def _timing_sections(R: _Report, c: _Ctx, frames_traces) -> None:
     R.table(pd.DataFrame(rows, columns=["Stage", "EventGPT (drafter)", "Video-LLaVA (target)", "target / drafter"]), acc=na)
     R.figure(plots.plot_stage_timings(st, caption=prov), "stages", "stage timings per role (median, IQR)", acc=na)
 
+
+def _prefill_section(R: _Report, c: _Ctx) -> None:
     R.add("## Prefill comparison", "")
     R.table(pd.DataFrame([[r.role, r.frames, f"{r.phase_median_ms:.1f} ms", f"{r.prefill_median_ms:.1f} ms",
-                           f"{r.prompt_tokens} tokens", f"{r.prefill_tok_per_s:,.0f} tok/s"] for r in pf.itertuples()],
+                           f"{r.prompt_tokens} tokens", f"{r.prefill_tok_per_s:,.0f} tok/s"] for r in c.pf.itertuples()],
                          columns=["Model", "Frames", "Prefill complete (S1-S4)", "LLM prefill (S4)", "Prefill length", "Prefill throughput"]),
-            acc=na)
-    _frames_section(R, c, frames_traces)
+            acc=NOT_SIMULATED)
+
+
+def _token_section(R: _Report, c: _Ctx) -> None:
+    """Decode per token, and verify passes priced per gamma (measured)."""
     R.add("## Token generation statistics", "")
     R.table(pd.DataFrame([[r.role, _pm(r.decode_median_ms, r.decode_iqr_ms), f"{r.tok_per_s:.1f}",
-                           f"{r.steps_per_sample:.1f}", r.kv_tokens_first_step] for r in tok.itertuples()],
+                           f"{r.steps_per_sample:.1f}", r.kv_tokens_first_step] for r in c.tok.itertuples()],
                          columns=["Model", "Decode per token", "Tokens/s", "Decode steps recorded per sample", "KV tokens at first step"]),
-            acc=na)
-    vt = verify_table(ts)
+            acc=NOT_SIMULATED)
+    vt = verify_table(c.ts)
     if vt is not None:
         R.add("Verification is one target forward pass over the gamma drafts (priced per gamma, not gamma decode steps):", "")
-        R.table(vt, acc=na)
+        R.table(vt, acc=NOT_SIMULATED)
+
+
+def _memory_section(R: _Report, c: _Ctx) -> None:
     R.add("## GPU memory", "")
-    mem = memory_table(ts)
+    mem = memory_table(c.ts)
     if mem is None:
         R.add("Not recorded in this trace set (no `kv_bytes` / `peak_mem_mb` values on prefill rows).", "")
     else:
-        R.table(mem, ".1f", acc=na)
-        R.figure(plots.plot_memory(mem, caption=prov), "memory", "KV cache and peak memory per role", acc=na)
+        R.table(mem, ".1f", acc=NOT_SIMULATED)
+        R.figure(plots.plot_memory(mem, caption=c.prov), "memory", "KV cache and peak memory per role", acc=NOT_SIMULATED)
 
 
 def _frames_section(R: _Report, c: _Ctx, frames_traces) -> None:
@@ -393,6 +414,17 @@ def _acceptance_section(R: _Report, c: _Ctx) -> pd.DataFrame | None:
 
 def _implications_section(R: _Report, c: _Ctx, seed_scenarios: bool, plan: bool, target_speedup: float,
                           plan_tol: float) -> None:
+    """Simulated speed-ups: the strategies, vs alpha, the seeds' scenarios, the alpha needed."""
+    _strategy_speedups(R, c)
+    if c.alpha_sweep is not None:
+        _alpha_sweep_table(R, c)
+    if seed_scenarios:
+        _seed_scenarios_table(R, c)
+    if plan:
+        _required_acceptance_table(R, c, target_speedup, plan_tol)
+
+
+def _strategy_speedups(R: _Report, c: _Ctx) -> None:
     sims = c.sims
     R.add("## Implications for speculative decoding", "",
           f"Simulated speedup vs `target_only` (ratio of mean latencies on the same draws), {c.output_tokens} output tokens, "
@@ -402,33 +434,50 @@ def _implications_section(R: _Report, c: _Ctx, seed_scenarios: bool, plan: bool,
     R.figure(plots.plot_strategy_speedups(sims, caption=c.fig_caption(),
                                           title=f"Simulated speedup, {c.output_tokens} tokens, acceptance: {c.acc.split(' (')[0]}"),
              "strategy_speedups", "simulated speedup per strategy and GPU count")
-    if c.alpha_sweep is not None:
-        iid = "i.i.d. per-token match rate alpha per column (assumed, not measured)"
-        R.add(f"### Speedup vs per-token match rate alpha ({c.output_tokens} tokens, i.i.d. prefix model)", "",
-              "The speedup as a function of an assumed i.i.d. per-token match rate alpha (mean accepted prefix per "
-              f"verification = sum of alpha^k, k = 1..{c.gamma}). Costs and contention are measured.", "")
-        sw = c.alpha_sweep[c.alpha_sweep["strategy"] != "target_only"]
-        R.table(sw.pivot_table(index=["n_gpus", "strategy"], columns="acceptance", values=SPEEDUP)
-                .rename(columns=lambda a_: f"alpha {float(a_):g}").reset_index(), ".3f", acc=iid)
-    if seed_scenarios:
-        from .planning import SEED_ALPHAS, seed_scenarios as _seed
 
-        sc = _seed(c.ts, output_tokens=c.output_tokens, n_gpus=c.gpus, n_requests=c.n_requests)
-        acc = f"i.i.d. per-token match rate alpha per scenario ({', '.join(f'{a:g}' for a in SEED_ALPHAS.values())}; assumed)"
-        R.add("### The seeds' adapter scenarios, evaluated with prefix acceptance", "",
-              "`seed_claim_accepted` = drafts x alpha (the seeds' arithmetic); `prefix_expected_accepted` = sum of "
-              "alpha^i (acceptance stops at the first mismatch); speedups are simulated with fitted costs and contention.", "")
-        R.table(sc, ".3f", acc=acc)
-        R.figure(plots.plot_seed_scenarios(sc, caption=c.fig_caption(acc)), "seed_scenarios", "seed adapter scenarios", acc=acc)
-    if plan:
-        from .planning import required_acceptance_table
 
-        req = required_acceptance_table(c.ts, target_speedup, [c.output_tokens], c.gpus, strategy="parallel_sd", gamma=c.gamma,
-                                        n_requests=c.n_requests, tol=plan_tol, seed=c.seed)
-        R.add(f"### Acceptance needed for {target_speedup:g}x (parallel_sd, {c.output_tokens} tokens)", "",
-              "Minimum i.i.d. per-token match rate alpha (NaN = unreachable even at alpha = 1):", "")
-        R.table(req[["n_gpus", "level", "speedup_at_level", "max_speedup"]].rename(columns={"level": "alpha_required"}), ".3f",
-                acc="the i.i.d. per-token match rate alpha solved for (assumed)")
+def _alpha_sweep_table(R: _Report, c: _Ctx) -> None:
+    iid = "i.i.d. per-token match rate alpha per column (assumed, not measured)"
+    R.add(f"### Speedup vs per-token match rate alpha ({c.output_tokens} tokens, i.i.d. prefix model)", "",
+          "The speedup as a function of an assumed i.i.d. per-token match rate alpha (mean accepted prefix per "
+          f"verification = sum of alpha^k, k = 1..{c.gamma}). Costs and contention are measured.", "")
+    sw = c.alpha_sweep[c.alpha_sweep["strategy"] != "target_only"]
+    R.table(sw.pivot_table(index=["n_gpus", "strategy"], columns="acceptance", values=SPEEDUP)
+            .rename(columns=lambda a_: f"alpha {float(a_):g}").reset_index(), ".3f", acc=iid)
+
+
+def _seed_scenarios_table(R: _Report, c: _Ctx) -> None:
+    from .planning import SEED_ALPHAS, seed_scenarios as _seed
+
+    sc = _seed(c.ts, output_tokens=c.output_tokens, n_gpus=c.gpus, n_requests=c.n_requests)
+    acc = f"i.i.d. per-token match rate alpha per scenario ({', '.join(f'{a:g}' for a in SEED_ALPHAS.values())}; assumed)"
+    R.add("### The seeds' adapter scenarios, evaluated with prefix acceptance", "",
+          "`seed_claim_accepted` = drafts x alpha (the seeds' arithmetic); `prefix_expected_accepted` = sum of "
+          "alpha^i (acceptance stops at the first mismatch); speedups are simulated with fitted costs and contention.", "")
+    R.table(sc, ".3f", acc=acc)
+    R.figure(plots.plot_seed_scenarios(sc, caption=c.fig_caption(acc)), "seed_scenarios", "seed adapter scenarios", acc=acc)
+
+
+def _required_acceptance_table(R: _Report, c: _Ctx, target_speedup: float, plan_tol: float) -> None:
+    from .planning import required_acceptance_table
+
+    req = required_acceptance_table(c.ts, target_speedup, [c.output_tokens], c.gpus, strategy="parallel_sd", gamma=c.gamma,
+                                    n_requests=c.n_requests, tol=plan_tol, seed=c.seed)
+    R.add(f"### Acceptance needed for {target_speedup:g}x (parallel_sd, {c.output_tokens} tokens)", "",
+          "Minimum i.i.d. per-token match rate alpha (NaN = unreachable even at alpha = 1):", "")
+    R.table(req[["n_gpus", "level", "speedup_at_level", "max_speedup"]].rename(columns={"level": "alpha_required"}), ".3f",
+            acc="the i.i.d. per-token match rate alpha solved for (assumed)")
+
+
+def _findings_section(R: _Report, c: _Ctx, ct, rates) -> None:
+    R.add("## Key findings", "")
+    for i, f in enumerate(_findings(c, ct, rates), 1):
+        R.add(f"{i}. {f}")
+    R.add("")
+
+
+def _footer(R: _Report, ts: TraceSet) -> None:
+    R.add("---", "", f"*Generated {_now()} by egpt_sim.report from `{_shown_path(ts.path)}`; figures: {', '.join(R.figures)}.*", "")
 
 
 def _per_token_speed(ratio: float) -> str:
