@@ -1,4 +1,6 @@
-"""Acceptance sources and metrics. Alias of :mod:`egpt_sim.traces.acceptance` (``measure`` and older callers import it here): importing ``egpt_sim.acceptance`` gives that very module."""
+"""Alias of :mod:`egpt_sim.traces.acceptance` (acceptance sources and metrics) for callers
+of the old path: importing ``egpt_sim.acceptance`` gives that very module.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""The notebook runner. Alias of :mod:`egpt_sim.analysis.notebooks` (the README's ``python -m egpt_sim.notebooks``): importing ``egpt_sim.notebooks`` gives that very module; run as a script it runs its ``main``."""
+"""Alias of :mod:`egpt_sim.analysis.notebooks` (the notebook runner) for the README's
+``python -m egpt_sim.notebooks`` and callers of the old path: importing
+``egpt_sim.notebooks`` gives that very module; run as a script, it runs its ``main``.
+"""
 
 import sys
 

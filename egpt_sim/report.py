@@ -1,4 +1,7 @@
-"""The markdown report. Alias of :mod:`egpt_sim.analysis.report` (the README's ``python -m egpt_sim.report``): importing ``egpt_sim.report`` gives that very module; run as a script it runs its ``main``."""
+"""Alias of :mod:`egpt_sim.analysis.report` (the markdown report) for the README's
+``python -m egpt_sim.report`` and callers of the old path: importing ``egpt_sim.report``
+gives that very module; run as a script, it runs its ``main``.
+"""
 
 import sys
 

@@ -1,4 +1,6 @@
-"""The trace contract. Alias of :mod:`egpt_sim.traces.schema` (``measure`` and older callers import it here): importing ``egpt_sim.schema`` gives that very module."""
+"""Alias of :mod:`egpt_sim.traces.schema` (the trace contract) for callers of the old path:
+importing ``egpt_sim.schema`` gives that very module.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Simulator vs the real executor. Alias of :mod:`egpt_sim.analysis.validation` (the README's ``python -m egpt_sim.validation``): importing ``egpt_sim.validation`` gives that very module; run as a script it runs its ``main``."""
+"""Alias of :mod:`egpt_sim.analysis.validation` (simulator vs the real executor) for the
+README's ``python -m egpt_sim.validation`` and callers of the old path: importing
+``egpt_sim.validation`` gives that very module; run as a script, it runs its ``main``.
+"""
 
 import sys
 

@@ -36,4 +36,12 @@ from .timing import (
 from .validation import plot_activity_residuals, plot_validation
 from .whatif import plot_shape_curves, plot_pays_map, plot_cost_laws
 
-__all__ = ["ACTIVITY_COLORS", "ROLE_COLORS", "ROLE_NAMES", "STAGE_LABELS", "STRATEGY_COLORS", "add_caption", "save", "plot_gantt", "plot_stage_timings", "plot_prefill_scaling", "plot_memory", "plot_contention", "plot_stage_comparison", "plot_acceptance_curves", "plot_acceptance_by_group", "plot_prefix_lengths", "plot_rate_comparison", "plot_speedup_heatmap", "plot_speedup_grid", "plot_best_strategy", "plot_strategy_speedups", "plot_required_acceptance", "plot_sensitivity", "plot_seed_scenarios", "plot_serving_latency", "plot_activity_residuals", "plot_validation", "plot_shape_curves", "plot_pays_map", "plot_cost_laws"]
+__all__ = [
+    "ACTIVITY_COLORS", "ROLE_COLORS", "ROLE_NAMES", "STAGE_LABELS", "STRATEGY_COLORS", "add_caption", "save",
+    "plot_gantt", "plot_stage_timings", "plot_prefill_scaling", "plot_memory", "plot_contention",
+    "plot_stage_comparison", "plot_acceptance_curves", "plot_acceptance_by_group", "plot_prefix_lengths",
+    "plot_rate_comparison", "plot_speedup_heatmap", "plot_speedup_grid", "plot_best_strategy",
+    "plot_strategy_speedups", "plot_required_acceptance", "plot_sensitivity", "plot_seed_scenarios",
+    "plot_serving_latency", "plot_activity_residuals", "plot_validation", "plot_shape_curves", "plot_pays_map",
+    "plot_cost_laws"
+]

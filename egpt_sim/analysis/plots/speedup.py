@@ -1,4 +1,5 @@
-"""Simulated speed-ups: heatmaps, grids, best strategy, strategies side by side, acceptance needed, sensitivity, the seeds' scenarios, serving latency."""
+"""Simulated speed-ups: heatmaps, grids, best strategy, strategies side by side, acceptance
+needed, sensitivity, the seeds' scenarios, serving latency."""
 
 from __future__ import annotations
 
