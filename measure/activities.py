@@ -44,19 +44,34 @@ def leading_matches(drafts: Sequence[int], targets: Sequence[int]) -> int:
     return n
 
 
-def prefill_first_token(pipe: Any, embeds: torch.Tensor, pick: Pick = argmax_pick) -> tuple[Any, int]:
-    """``prefill`` span: -> (cache, token for position 1)."""
+def prefill_first_token(pipe: Any, embeds: torch.Tensor, pick: Pick = argmax_pick,
+                        stash: dict | None = None) -> tuple[Any, int]:
+    """``prefill`` span: -> (cache, token for position 1). ``stash["logits"]`` keeps a reference
+    to the logits (no copy, no work) for a caller that inspects them after the span."""
     cache, logits = pipe.prefill(embeds)
+    if stash is not None:
+        stash["logits"] = logits
     return cache, pick(logits, 1)
 
 
-def decode_token(pipe: Any, cache: Any, token: int, position: int, pick: Pick = argmax_pick) -> tuple[Any, int]:
+def decode_token(pipe: Any, cache: Any, token: int, position: int, pick: Pick = argmax_pick,
+                 stash: dict | None = None) -> tuple[Any, int]:
     """``decode_step`` span: feed ``token`` -> (cache, token for ``position``)."""
     cache, logits = pipe.decode_step(cache, token)
+    if stash is not None:
+        stash["logits"] = logits
     return cache, pick(logits, position)
 
 
-def verify_pass(pipe: Any, cache: Any, last: int, drafts: Sequence[int], kv_before: int) -> tuple[int, list[int]]:
+def top2_gap(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 logit per position (device tensor, no host read): how close the
+    target's greedy choice was to a tie. ``logits``: (vocab,) or (positions, vocab)."""
+    top = logits.float().reshape(-1, logits.shape[-1]).topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+def verify_pass(pipe: Any, cache: Any, last: int, drafts: Sequence[int], kv_before: int,
+                stash: dict | None = None) -> tuple[int, list[int]]:
     """``verify`` span: one forward over ``[last] + drafts`` on a cache of ``kv_before`` tokens.
 
     Returns (accepted prefix length n, the target's k + 1 argmax tokens); the cache keeps
@@ -64,6 +79,8 @@ def verify_pass(pipe: Any, cache: Any, last: int, drafts: Sequence[int], kv_befo
     ``drafts[:n] + [tokens[n]]``.
     """
     logits = pipe.verify(cache, [int(last)] + [int(d) for d in drafts])[0]
+    if stash is not None:
+        stash["logits"] = logits
     tokens = logits.argmax(-1).reshape(-1).tolist()
     n = leading_matches(drafts, tokens)
     pipe.crop(cache, kv_before + 1 + n)

@@ -76,6 +76,7 @@ class RequestSpec:
     replay: Any = None
     replay_seed: int = 0
     host0_s: float = 0.0
+    record_gaps: bool = False  # top-1 minus top-2 logit of every committed position (after each span)
 
     @property
     def uses_drafter(self) -> bool:
@@ -168,7 +169,7 @@ class _Replay:
 # --------------------------------------------------------------------------- the two roles
 
 
-def prefill_phase(pipe, timer: StageTimer, sample, pick: act.Pick) -> tuple[Any, int, int]:
+def prefill_phase(pipe, timer: StageTimer, sample, pick: act.Pick, stash: dict | None = None) -> tuple[Any, int, int]:
     """Stages 1-4 -> (cache, token for position 1, prompt tokens); graphs captured after, outside spans."""
     with timer.span("load", gpu=False):
         loaded = pipe.load(sample)
@@ -177,8 +178,24 @@ def prefill_phase(pipe, timer: StageTimer, sample, pick: act.Pick) -> tuple[Any,
     with timer.span("vision_encode"):
         embeds = pipe.vision_encode(inputs)
     with timer.span("prefill", tokens=1):
-        cache, token = act.prefill_first_token(pipe, embeds, pick)
+        cache, token = act.prefill_first_token(pipe, embeds, pick, stash)
     return cache, token, int(embeds.shape[1])
+
+
+class _Gaps:
+    """Top-1/top-2 logit gaps of the committed positions, collected on the device after each
+    span (one small async kernel, no host read) and read once when the request has ended."""
+
+    def __init__(self, on: bool):
+        self.on, self.stash, self.parts = on, ({} if on else None), []
+
+    def keep(self, n_committed: int) -> None:
+        """The last span's logits decided ``n_committed`` positions (its first rows)."""
+        if self.on:
+            self.parts.append(act.top2_gap(self.stash.pop("logits"))[:n_committed])
+
+    def values(self) -> list[float] | None:
+        return torch.cat(self.parts).tolist() if self.on and self.parts else None
 
 
 @dataclass
@@ -217,8 +234,10 @@ def target_request(pipe, sample, req: RequestSpec, timer: StageTimer, inbox, out
     view, stats = _TargetView(req), {"window_drafts": 0, "accepted": 0, "verify_passes": 0,
                                      "tokens_from_window": 0, "first_draft_matched": False}
     spec, keep = req.uses_drafter, req.strategy == "parallel_sd"
+    gaps = _Gaps(req.record_gaps)
     try:
-        cache, t1, prompt = prefill_phase(pipe, timer, sample, act.argmax_pick)
+        cache, t1, prompt = prefill_phase(pipe, timer, sample, act.argmax_pick, gaps.stash)
+        gaps.keep(1)
         _prepare(pipe, range(1, req.gamma + 2))
         if spec:
             view.receive(inbox.poll())  # the window closes: the drafts available at this instant
@@ -238,10 +257,11 @@ def target_request(pipe, sample, req: RequestSpec, timer: StageTimer, inbox, out
             drafts = list(avail[: max(0, min(req.gamma, req.output_tokens - m - 1))])
             with timer.span("verify" if drafts else "decode_step", tokens=len(drafts) + 1):
                 if drafts:
-                    n_acc, tt = act.verify_pass(pipe, cache, view.committed[-1], drafts, prompt + m - 1)
+                    n_acc, tt = act.verify_pass(pipe, cache, view.committed[-1], drafts, prompt + m - 1, gaps.stash)
                 else:
-                    cache, tok = act.decode_token(pipe, cache, view.committed[-1], m + 1)
+                    cache, tok = act.decode_token(pipe, cache, view.committed[-1], m + 1, stash=gaps.stash)
                     n_acc, tt = 0, [tok]
+            gaps.keep(n_acc + 1)
             stats["accepted"] += n_acc
             stats["verify_passes"] += int(bool(drafts))
             stats["tokens_from_window"] += n_acc if first and drafts else 0
@@ -254,7 +274,7 @@ def target_request(pipe, sample, req: RequestSpec, timer: StageTimer, inbox, out
     finally:
         if spec:
             outbox.send(view.state(False, stop=True))  # never leave the drafter waiting
-    return {**stats, "tokens": view.committed[: req.output_tokens]}
+    return {**stats, "tokens": view.committed[: req.output_tokens], "gaps": gaps.values()}
 
 
 def _prepare(pipe, query_lengths) -> None:
@@ -327,6 +347,7 @@ class RequestResult:
     row: dict[str, Any]
     timeline: pd.DataFrame
     tokens: list[int]
+    gaps: list[float] | None = None  # top-1 minus top-2 target logit per committed position (record_gaps)
 
 
 def _gpu_index(device: torch.device, stage: str) -> int:
@@ -350,7 +371,7 @@ def build_result(req: RequestSpec, sample_id: str, rows: list[dict], t_out: dict
     timeline["start_ms"] -= t0
     timeline["end_ms"] -= t0
     tgt = timeline[timeline["actor"] == "target"]
-    tokens = t_out.pop("tokens")
+    tokens, gaps = t_out.pop("tokens"), t_out.pop("gaps", None)
     d_out = d_out or {"drafted": 0, "wasted_drafts": 0}
     row = {"strategy": req.strategy, "request_id": req.request_id, "sample_id": sample_id,
            "output_tokens": req.output_tokens, "gamma": req.gamma if req.strategy != "target_only" else 0,
@@ -362,12 +383,26 @@ def build_result(req: RequestSpec, sample_id: str, rows: list[dict], t_out: dict
            "acceptance_mode": "replay" if req.replay is not None else "model",
            "sigma": float(sigma), "placement": placement, "workers": workers,
            "target_passes": int(tgt["activity"].isin(["decode_step", "verify"]).sum())}
-    return RequestResult(row, timeline, tokens)
+    if gaps is not None:
+        gaps = gaps[: req.output_tokens]
+    return RequestResult(row, timeline, tokens, gaps)
+
+
+def mismatch_gaps(tokens: Sequence[int], reference: Sequence[int], gaps: Sequence[float] | None,
+                  reference_gaps: Sequence[float] | None) -> dict[str, Any]:
+    """Where a speculative answer first differs from ``target_only``'s, and how close to a tie
+    the target's choice was there in both runs (top-1 minus top-2 logit): a lossless mismatch
+    must be a near-tie. Empty dict when the tokens agree."""
+    p = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+    if p is None:
+        return {}
+    pick = lambda g: float(g[p]) if g is not None and p < len(g) else float("nan")  # noqa: E731
+    return {"first_mismatch_position": p + 1, "gap_at_mismatch": pick(gaps), "reference_gap_at_mismatch": pick(reference_gaps)}
 
 
 def make_request(strategy: str, output_tokens: int, request_id: int, gamma: int, lookahead: int,
                  reference=None, replay=None, replay_seed: int = 0, window_budget: int | None = None,
-                 has_drafter: bool = True) -> RequestSpec:
+                 has_drafter: bool = True, record_gaps: bool = False) -> RequestSpec:
     """Validated :class:`RequestSpec` (one-line ``ValueError`` on bad input)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
@@ -375,7 +410,7 @@ def make_request(strategy: str, output_tokens: int, request_id: int, gamma: int,
         raise ValueError(f"output_tokens must be >= 1, got {output_tokens}")
     req = RequestSpec(request_id, strategy, output_tokens, gamma, lookahead, window_budget,
                       None if reference is None else [int(t) for t in reference], replay, replay_seed,
-                      time.perf_counter())
+                      time.perf_counter(), bool(record_gaps))
     if req.uses_drafter and not has_drafter:
         raise ValueError(f"strategy {strategy!r} needs a drafter pipeline")
     if replay is not None and (reference is None or len(reference) < output_tokens):
@@ -402,8 +437,10 @@ class Executor:
 
     def run(self, sample, strategy: str, output_tokens: int, request_id: int = 0,
             reference: Sequence[int] | None = None, replay=None, replay_seed: int = 0,
-            sigma: float = float("nan"), window_budget: int | None = None) -> RequestResult:
+            sigma: float = float("nan"), window_budget: int | None = None,
+            record_gaps: bool = False) -> RequestResult:
         """One request. ``reference`` = target_only tokens (lossless check; needed by replay).
+        ``record_gaps``: also return the target's top-1/top-2 logit gap per position (``gaps``).
 
         Row columns (times in ms from the request start; counts in tokens): strategy,
         request_id, sample_id, output_tokens (N), gamma (0 for target_only), window_budget,
@@ -415,7 +452,7 @@ class Executor:
         reference; None without one), acceptance_mode, sigma, placement, workers.
         """
         req = make_request(strategy, output_tokens, request_id, self.gamma, self.lookahead, reference, replay,
-                           replay_seed, window_budget, self.drafter is not None)
+                           replay_seed, window_budget, self.drafter is not None, record_gaps)
         to_target, to_drafter = QueueChannel(), QueueChannel()
         devices = [self.target.device] + ([self.drafter.device] if req.uses_drafter else [])
         clock = Clock(tuple(devices), host0_s=req.host0_s)
@@ -538,10 +575,11 @@ class ProcessExecutor:
 
     def run(self, sample, strategy: str, output_tokens: int, request_id: int = 0,
             reference: Sequence[int] | None = None, replay=None, replay_seed: int = 0,
-            sigma: float = float("nan"), window_budget: int | None = None) -> RequestResult:
+            sigma: float = float("nan"), window_budget: int | None = None,
+            record_gaps: bool = False) -> RequestResult:
         """One request (arguments and row as :meth:`Executor.run`)."""
         req = make_request(strategy, output_tokens, request_id, self.gamma, self.lookahead, reference, replay,
-                           replay_seed, window_budget, "drafter" in self.procs)
+                           replay_seed, window_budget, "drafter" in self.procs, record_gaps)
         roles = ["target", "drafter"] if req.uses_drafter else ["target"]
         for r in roles:
             self.commands[r].put((sample, req))

@@ -39,7 +39,7 @@ import torch
 
 from egpt_sim.traces import schema
 from measure.acceptance import check_vocab, record_acceptance, run_parts, write_part
-from measure.executor import STRATEGIES, Executor, ProcessExecutor
+from measure.executor import STRATEGIES, Executor, ProcessExecutor, mismatch_gaps
 
 RESULTS, TIMELINE, PARTS = "executor_results", "executor_timeline", "executor_parts"
 
@@ -68,6 +68,7 @@ class ValidationConfig:
     stage_decode_steps: int = 20
     seed: int = 0
     max_minutes: float | None = None    # stop starting new samples after this wall time
+    stage_prefix: str = ""              # prefix of the stage run ids (a top-up call keeps its own runs)
 
     @property
     def worker_kind(self) -> str:
@@ -96,7 +97,7 @@ def _stage_timings(cfg: ValidationConfig, data: str, out: Path, resume: bool, lo
     plan = RunPlan(target=cfg.target, drafter=cfg.drafter, dataset=data, out=str(out), n_samples=cfg.stage_samples,
                    dtype=cfg.dtype, placements=("alone", placement), concurrency=(cfg.concurrency,),
                    target_device=cfg.target_device, drafter_device=cfg.drafter_device, resume=resume,
-                   backend=cfg.backend, progress=False,
+                   backend=cfg.backend, progress=False, run_prefix=cfg.stage_prefix,
                    stage=StageConfig(decode_steps=cfg.stage_decode_steps, gammas=(1, 2, 4, 8, 16)))
     ok, errors = execute(plan, log=log)
     gc.collect()
@@ -269,7 +270,7 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
                 r = ex.run(sample, strategy, n, rid + j, reference=None if ref is None else ref.tokens,
                            replay=None if ref is None else sources[sigma][sample.sample_id],
                            replay_seed=_request_seed(cfg.seed, rid + j), sigma=sigma,
-                           window_budget=budgets.get(sigma))
+                           window_budget=budgets.get(sigma), record_gaps=True)
             except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
                 errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0]}")
@@ -278,6 +279,8 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
             if ref is None:
                 ref = r
                 r.row["lossless"] = True  # the reference itself
+            else:  # a mismatch must be a near-tie: the target's top-1/top-2 gap there, in both runs
+                r.row.update(mismatch_gaps(r.tokens, ref.tokens, r.gaps, ref.gaps))
             results.append(r)
     if results:
         rows = pd.DataFrame([r.row for r in results])
@@ -356,8 +359,11 @@ def merge(dest: str | Path, *sources: str | Path) -> Path:
         else:
             dest.mkdir(parents=True, exist_ok=True)
             df.to_parquet(dest / f"{name}.parquet", index=False)
-    for s in sources:
-        schema.write_metadata(dest, schema.read_metadata(s)["runs"])
+    runs: dict = {}
+    for s in sources:  # a run recorded by two calls (acceptance runs of new samples) keeps both entries
+        for key, run in schema.read_metadata(s)["runs"].items():
+            runs[key if runs.get(key, run) == run else f"{key}@{Path(s).name}"] = run
+    schema.write_metadata(dest, runs)
     return dest
 
 
@@ -392,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--stage-samples", type=int, default=ValidationConfig.stage_samples)
     p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--stage-prefix", default="", help="prefix of the stage run ids (top-up calls: keep both runs)")
     p.add_argument("--resume", action="store_true")
     a = p.parse_args(argv)
     cfg = ValidationConfig(target=a.target, drafter=a.drafter, dataset=a.dataset, n_requests=a.n_requests,
@@ -401,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                            acceptance_blocks=a.acceptance_blocks, target_device=a.device,
                            drafter_device=a.drafter_device, dtype=a.dtype, stage_samples=a.stage_samples,
                            max_minutes=a.max_minutes, backend=a.backend, workers=a.workers,
+                           stage_prefix=a.stage_prefix,
                            strategies=tuple(x for x in a.strategies.split(",") if x))
     out = run_validation(cfg, a.out, resume=a.resume)
     consolidate(out)

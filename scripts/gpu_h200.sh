@@ -11,7 +11,11 @@
 #   bench       benchmarks/bench_backends.py (+ instrumentation overhead, both roles)
 #   val1 val2   validation grid, graphs backend, worker processes, 1 GPU / 2 GPUs
 #   val1e val2e validation grid, eager backend, threads, 1 GPU / 2 GPUs
-# Knobs (environment): N_STAGE (10), N_VAL (16), VAL_MIN (7.6: no new sample after it), PRESET_T
+#   quant4      4-bit (bnb nf4) stage set with QUANT_BACKEND (static: bnb kernels under CUDA graphs are
+#               untested); needs bitsandbytes carried in .whl/ (see the device README's wheel recipe)
+# Knobs (environment): N_STAGE (10), N_VAL (16), VAL_MIN (7.6: no new sample after it), FIRST (0: first
+# validation sample; a top-up call over later samples merges with measure.validation_run.merge), STAGE_PREFIX
+# (prefix of a top-up's stage run ids), VAL_STAGES (4 stage samples per validation call), PRESET_T
 # (vicuna7b-clip224 for stage sets), PRESET_V (vicuna7b-clip336 for validation), DEVICE (cuda:0),
 # DEVICE2 (cuda:1), DTYPE (fp16), LIMIT_<JOB> (seconds). CPU smoke test:
 #   CPU_SMOKE=1 bash scripts/gpu_h200.sh stages val1     (tiny preset, cpu devices, 2 samples)
@@ -67,7 +71,7 @@ val() {  # val NAME BACKEND [DRAFTER_DEVICE]
   local name=$1 be=$2 dd=${3:-}
   python3 -m measure.validation_run --out "$WORK/$name" --target "$PV" --drafter "$PV" --dataset "$WORK/ds" \
     --n-requests "$NV" --backend "$be" --device "$DEV" ${dd:+--drafter-device "$dd"} --dtype "$DT" \
-    --stage-samples 4 --max-minutes "$VMIN"
+    --stage-samples "${VAL_STAGES:-4}" --max-minutes "$VMIN" --first-sample "${FIRST:-0}" --stage-prefix "${STAGE_PREFIX:-}"
 }
 
 for j in "$@"; do
@@ -81,6 +85,10 @@ for j in "$@"; do
                --gammas 1,2,4,8,16,64 --steps 100 --verify-reps 12 \
                && for r in target drafter; do python3 benchmarks/bench_instrumentation.py --source $PT --role \$r \
                   --device $DEV --dtype $DT --backend graphs --decode-steps 64 --reps 7; done 2>&1 | tee $WORK/bench/instrumentation.txt" ;;
+    quant4) job quant4 "${LIMIT_QUANT:-300}" python3 -m measure stages --target "$PT" --drafter "$PV" \
+              --dataset "$WORK/ds" --out "$WORK/quant4" --n-samples "$NS" --quant 4bit --placement alone,shared_gpu \
+              --concurrency streams,processes --decode-steps 24 --gammas 1,2,4,8,16 \
+              --backend "${QUANT_BACKEND:-static}" --device "$DEV" --no-progress --consolidate ;;
     val1) job val1 "${LIMIT_VAL:-560}" bash -c "$(declare -f val); val val1 graphs" ;;
     val2) job val2 "${LIMIT_VAL:-560}" bash -c "$(declare -f val); val val2 graphs $DEV2" ;;
     val1e) job val1e "${LIMIT_VAL:-560}" bash -c "$(declare -f val); val val1e eager" ;;

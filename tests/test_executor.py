@@ -5,6 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import math  # noqa: E402
 import time  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -222,3 +223,22 @@ def test_processes_executor_returns_the_threads_executors_tokens(samples):
         assert res.row["workers"] == "processes" and want.row["workers"] == "threads"
         check_consistent(res, "prefill_then_verify" if strategy == "adaptive_budget" else strategy)
         assert res.timeline["start_ms"].min() == 0.0  # one host clock, rebased on the first activity
+
+
+def test_record_gaps_gives_one_gap_per_committed_position(slow, drafter, samples, references):
+    sid = samples[0].sample_id
+    for strategy in ("target_only", "parallel_sd"):
+        res = Executor(slow, drafter, gamma=4).run(samples[0], strategy, N, reference=references[sid],
+                                                   replay=None if strategy == "target_only" else IidAcceptance(0.8),
+                                                   record_gaps=True)
+        assert len(res.gaps) == N and all(g >= 0 for g in res.gaps)
+    assert Executor(slow, drafter, gamma=4).run(samples[0], "target_only", 3).gaps is None  # off by default
+
+
+def test_mismatch_gaps_names_the_first_differing_position():
+    from measure.executor import mismatch_gaps
+
+    assert mismatch_gaps([1, 2, 3], [1, 2, 3], [5.0, 4.0, 3.0], [5.0, 4.0, 3.0]) == {}
+    got = mismatch_gaps([1, 9, 3], [1, 2, 3], [5.0, 0.01, 3.0], [5.0, 0.02, 3.0])
+    assert got == {"first_mismatch_position": 2, "gap_at_mismatch": 0.01, "reference_gap_at_mismatch": 0.02}
+    assert math.isnan(mismatch_gaps([7], [1], None, None)["gap_at_mismatch"])
