@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import labels
-from .config import STRATEGY_NAMES, SimConfig
+from .analysis import labels
+from .sim.config import STRATEGY_NAMES, SimConfig
 
 SD_STRATEGIES = ("serial_sd", "prefill_then_verify", "parallel_sd", "adaptive_budget")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -233,7 +233,7 @@ def contention_lines(model, n_gpus: int) -> list[str]:
 
 
 def cmd_predict(a) -> int:
-    from .runner import draw_bank, simulate
+    from .sim.runner import draw_bank, simulate
 
     ts = _traces(a)
     cfgs = [_config(a, s) for s in a.strategy]
@@ -258,7 +258,7 @@ def cmd_predict(a) -> int:
 
 def cmd_sweep(a) -> int:
     from . import load_traces
-    from .sweep import best_with_margins, default_grid, format_winner, run_sweep
+    from .analysis.sweep import best_with_margins, default_grid, format_winner, run_sweep
 
     ts = load_traces(a.traces)
     grid = {"n_gpus": a.gpus_list}
@@ -285,8 +285,8 @@ def stage_times_line(cfg: SimConfig, ts) -> str:
     """``stage times: ...\n`` for a what-if shape (where the times come from), else ''."""
     if cfg.scenario_key is None:
         return ""
-    from .runner import time_source_detail
-    from .whatif import scenario_traces
+    from .sim.runner import time_source_detail
+    from .whatif.shapes import scenario_traces
 
     return f"stage times: {time_source_detail(scenario_traces(cfg, ts))}\n"
 
@@ -311,8 +311,8 @@ def figure_path(out: str) -> Path:
 
 
 def cmd_timeline(a) -> int:
-    from .plots import plot_gantt
-    from .runner import draw_bank, simulate
+    from .analysis.plots import plot_gantt
+    from .sim.runner import draw_bank, simulate
 
     out = figure_path(a.out)
     ts = _traces(a)
@@ -333,7 +333,7 @@ def cmd_timeline(a) -> int:
 
 def cmd_plan(a) -> int:
     from . import load_traces
-    from .planning import required_acceptance_table
+    from .analysis.planning import required_acceptance_table
 
     ts = load_traces(a.traces)
     frames = [required_acceptance_table(ts, a.speedup, a.lengths, a.gpus_list, strategy=s, gamma=a.gamma,
@@ -366,8 +366,8 @@ def measurement_flags(ts) -> str:
 
 def trace_set_line(path) -> str:
     """One line for ``egpt-sim traces``: provenance, acceptance runs, simulatable or not."""
-    from .schema import TraceError
-    from .traces import TraceSet
+    from .traces.schema import TraceError
+    from .traces.traceset import TraceSet
 
     try:
         ts = TraceSet.load(path)
@@ -385,7 +385,7 @@ def trace_set_line(path) -> str:
 
 
 def cmd_traces(a) -> int:
-    from .traces import bundled_trace_sets
+    from .traces.traceset import bundled_trace_sets
 
     sets = bundled_trace_sets()
     if not sets:
@@ -396,7 +396,7 @@ def cmd_traces(a) -> int:
 
 
 def cmd_make_example(a) -> int:
-    from .example_traces import make_example_traces
+    from .traces.examples import make_example_traces
 
     print(f"wrote {make_example_traces(a.out)}")
     return 0
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .schema import TraceError
+    from .traces.schema import TraceError
 
     parser = build_parser()
     args = parser.parse_args(argv)

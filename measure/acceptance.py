@@ -53,7 +53,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from egpt_sim import schema
+from egpt_sim.traces import schema
 
 Adapter = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("greedy", "sampled")

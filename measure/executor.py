@@ -1,6 +1,6 @@
 """Real parallel-prefill executor: one request end-to-end, drafter and target concurrently.
 
-Strategies (the same semantics as :mod:`egpt_sim.processes` / :mod:`egpt_sim.strategies`):
+Strategies (the same semantics as :mod:`egpt_sim.sim.processes` / :mod:`egpt_sim.sim.strategies`):
 
 * ``target_only`` — target stages 1-4 (prefill commits position 1), then decode steps.
 * ``prefill_then_verify`` — both models run stages 1-4 at once; the drafter drafts until
@@ -152,7 +152,7 @@ class _Replay:
         self.sync_pos, self.run = 0, 0
 
     def resync(self, position: int, first: bool) -> None:
-        u = np.array([1.0 - self.rng.random()])  # (0, 1], as egpt_sim.draws
+        u = np.array([1.0 - self.rng.random()])  # (0, 1], as egpt_sim.sim.draws
         self.run = int(self.source.runs(u, np.array([first]), np.array([self.sample_u]))[0])
         self.sync_pos = position
 

@@ -1,6 +1,6 @@
 """Run metadata: what ran, where, with which software, and how it was timed.
 
-Every key of ``egpt_sim.schema.RUN_METADATA_KEYS`` is filled (``source`` is always
+Every key of ``egpt_sim.traces.schema.RUN_METADATA_KEYS`` is filled (``source`` is always
 ``"measured"``); unknown values are the string ``"unknown"``, never guessed.
 """
 

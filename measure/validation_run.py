@@ -37,7 +37,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from egpt_sim import schema
+from egpt_sim.traces import schema
 from measure.acceptance import check_vocab, record_acceptance, run_parts, write_part
 from measure.executor import STRATEGIES, Executor, ProcessExecutor, mismatch_gaps
 
@@ -109,7 +109,7 @@ def _stage_timings(cfg: ValidationConfig, data: str, out: Path, resume: bool, lo
 def _replay_sources(out: Path, run_id: str, pooled: bool = False):
     """Per-sample acceptance sources of one acceptance run (tail rate pooled over samples), or
     one source over every sample (``pooled``)."""
-    from egpt_sim.acceptance import TraceAcceptance, conditional_tail_rate
+    from egpt_sim.traces.acceptance import TraceAcceptance, conditional_tail_rate
 
     acc = schema.read_table(out, schema.ACCEPTANCE_FILE)
     blocks = (acc[acc["run_id"] == run_id].groupby(["run_id", "sample_id", "verify_id"], as_index=False)

@@ -1,7 +1,7 @@
 """Trace output: one validated parquet part per finished sample, metadata, the summary table.
 
 ``out_dir/stage_timings/part-<run_id>-<sample_id>.parquet`` is written atomically by
-:func:`egpt_sim.schema.write_table` after each sample, so a crash loses at most the sample in
+:func:`egpt_sim.traces.schema.write_table` after each sample, so a crash loses at most the sample in
 flight and ``--resume`` skips what is already on disk. A failed sample (CUDA OOM, a corrupt
 clip, ...) becomes one ``status="failed"`` row per failing role with an ``error`` column; the
 run goes on. A run that ends with no OK sample raises :class:`NoSamplesError`.
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 
-from egpt_sim import schema  # torch- and simpy-free: egpt_sim imports its modules lazily
+from egpt_sim.traces import schema  # torch- and simpy-free: egpt_sim imports its modules lazily
 
 STAGE_ORDER = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "verify")
 EXTRA_COLUMNS = {"peak_mem_mb": "float64", "peak_extra_mb": "float64", "peak_reserved_mb": "float64",

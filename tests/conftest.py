@@ -4,7 +4,7 @@ Fixtures (only add here, never rename — other test files use them):
 
 * ``example_traces``   the bundled seed-calibrated example trace set (session scope)
 * ``constant_times``   the fixed stage times of ``constant_traces`` (dict of kwargs for
-                       :func:`egpt_sim.closed_form.constant_trace_set`)
+                       :func:`egpt_sim.sim.closed_form.constant_trace_set`)
 * ``constant_traces``  an in-memory trace set with those CONSTANT times and fitted
                        same-GPU factors (session scope)
 * ``make_acceptance``  builds a valid ACCEPTANCE frame from per-block match lists
@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import closed_form
+from egpt_sim.sim import closed_form
 from egpt_sim.traces import resolve_trace_set
 
 EXAMPLE_SET = "example/seed_calibrated"

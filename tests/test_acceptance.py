@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import acceptance as A
-from egpt_sim.acceptance import (
+from egpt_sim.traces import acceptance as A
+from egpt_sim.traces.acceptance import (
     RUN_CAP,
     CurveAcceptance,
     IidAcceptance,

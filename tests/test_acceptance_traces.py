@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from egpt_sim import schema  # noqa: E402
+from egpt_sim.traces import schema  # noqa: E402
 from measure import dataset as ds  # noqa: E402
 from measure import synthetic  # noqa: E402
 from measure.acceptance import (  # noqa: E402

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import closed_form as C
-from egpt_sim.fastpath import _plan, _source, simulate_fast
-from egpt_sim.runner import contention_for
+from egpt_sim.sim import closed_form as C
+from egpt_sim.fast import simulate_fast
+from egpt_sim.fast.cache import _plan, _source
+from egpt_sim.sim.rules import contention_for
 from egpt_sim.traces import bundled_trace_sets
 
 ALPHAS = (0.0, 0.3, 0.6, 0.9, 1.0)

@@ -6,7 +6,7 @@ import pytest
 
 import egpt_sim as E
 from egpt_sim.cli import main
-from egpt_sim.config import STRATEGY_NAMES
+from egpt_sim.sim.config import STRATEGY_NAMES
 
 EX = ["--traces", "example/seed_calibrated"]
 
@@ -41,7 +41,7 @@ def test_bad_trace_set_is_a_one_line_error(capsys):
 
 def test_acceptance_run_selects_one_recorded_run(capsys):
     import egpt_sim as E
-    from egpt_sim.schema import TraceError
+    from egpt_sim.traces.schema import TraceError
 
     ts = E.load_traces("h100/validation")
     assert len(ts.acceptance_runs()) > 1
@@ -186,7 +186,7 @@ def test_every_subcommand_option_has_help_and_default(capsys):
 
 
 def test_sweep_writes_speedup_column_and_prints_margins(tmp_path, capsys):
-    from egpt_sim.sweep import read_sweep
+    from egpt_sim.analysis.sweep import read_sweep
 
     out = tmp_path / "s.parquet"
     assert main(["sweep", *EX, "--quick", "--requests", "10", "--out", str(out), "--gpus-list", "2", "--no-progress"]) == 0
@@ -200,7 +200,7 @@ def test_sweep_writes_speedup_column_and_prints_margins(tmp_path, capsys):
 
 
 def test_required_acceptance_rejects_meaningless_inputs(example_traces):
-    from egpt_sim.planning import required_acceptance
+    from egpt_sim.analysis.planning import required_acceptance
 
     with pytest.raises(ValueError, match="target_speedup must be a finite number > 0"):
         required_acceptance(example_traces, -1.0, 10, 2, n_requests=3)

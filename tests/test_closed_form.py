@@ -1,4 +1,4 @@
-"""The SimPy model equals the closed forms of egpt_sim.closed_form (fixed times, no contention)."""
+"""The SimPy model equals the closed forms of egpt_sim.sim.closed_form (fixed times, no contention)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import acceptance, closed_form as C, schema
+from egpt_sim.traces import acceptance, schema
+from egpt_sim.sim import closed_form as C
 
 Z = 4.5  # Monte-Carlo tolerance in standard errors
 

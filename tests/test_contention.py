@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import closed_form as C
-from egpt_sim.contention import ContentionModel, infer_peer_activity, measured_stage
-from egpt_sim.fastpath import simulate_fast
-from egpt_sim.runner import contention_for
+from egpt_sim.sim import closed_form as C
+from egpt_sim.traces.contention import ContentionModel, infer_peer_activity, measured_stage
+from egpt_sim.fast import simulate_fast
+from egpt_sim.sim.rules import contention_for
 
 META = {"schema_version": "1.1", "label": "hand", "runs": {"alone": {"source": "synthetic"},
                                                            "shared": {"source": "synthetic"}}}

@@ -10,8 +10,8 @@ import time  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from egpt_sim import schema  # noqa: E402
-from egpt_sim.acceptance import IidAcceptance, TraceAcceptance  # noqa: E402
+from egpt_sim.traces import schema  # noqa: E402
+from egpt_sim.traces.acceptance import IidAcceptance, TraceAcceptance  # noqa: E402
 from measure import dataset as ds  # noqa: E402
 from measure import synthetic  # noqa: E402
 from measure.executor import Executor  # noqa: E402

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import egpt_sim as E
-from egpt_sim.draws import DrawBank
-from egpt_sim.fastpath import (
+from egpt_sim.sim.draws import DrawBank
+from egpt_sim.fast import (
     FAST_STRATEGIES,
     run_grid,
     simulate_arrays,
@@ -26,7 +26,7 @@ from egpt_sim.fastpath import (
     simulate_many,
     summarize_arrays,
 )
-from egpt_sim.runner import REQUEST_COLUMNS, summarize
+from egpt_sim.sim.runner import REQUEST_COLUMNS, summarize
 
 TRACES = "example/seed_calibrated"
 FLOAT_COLS = ("latency_ms", "ttft_ms", "target_prefill_end_ms", "drafter_prefill_end_ms",

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import egpt_sim as E
-from egpt_sim import closed_form as C, schema
+from egpt_sim.sim import closed_form as C
+from egpt_sim.traces import schema
 
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -178,7 +179,7 @@ def test_invariants_fixed_grid(trace_sets, strategy, traces_name):
 
 
 def test_runner_raises_when_a_strategy_emits_the_wrong_token_count(example_traces, monkeypatch):
-    from egpt_sim import strategies
+    from egpt_sim.sim import strategies
 
     def short(ctx):  # a broken strategy: stops one token early
         yield from strategies.target_prefill(ctx)

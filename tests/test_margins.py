@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim.config import factorial
-from egpt_sim.sweep import best_strategy, best_with_margins, format_winner, paired_speedup_difference, run_sweep
+from egpt_sim.sim.config import factorial
+from egpt_sim.analysis.sweep import best_strategy, best_with_margins, format_winner, paired_speedup_difference, run_sweep
 
 
 def test_paired_difference_exact_cases():

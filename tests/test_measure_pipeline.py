@@ -173,7 +173,7 @@ def test_sdpa_configuration_is_recorded(pipes):
 
 
 def test_run_metadata_has_the_schema_keys(pipes):
-    from egpt_sim.schema import RUN_METADATA_KEYS
+    from egpt_sim.traces.schema import RUN_METADATA_KEYS
 
     meta = provenance.run_metadata(model_info={r: p.info for r, p in pipes.items()}, devices=["cpu"],
                                    dtype="fp32", quant=None, timing={"gpu_stages": "perf_counter"}, placement="alone")

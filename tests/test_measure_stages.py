@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 if not (importlib.util.find_spec("av") or importlib.util.find_spec("cv2")):
     pytest.skip("needs PyAV or OpenCV to write/read MP4s", allow_module_level=True)
 
-from egpt_sim import schema  # noqa: E402
+from egpt_sim.traces import schema  # noqa: E402
 from measure import stages, writer  # noqa: E402
 from measure.cli import main  # noqa: E402
 from measure.dataset import load_dataset  # noqa: E402
@@ -231,7 +231,7 @@ def test_stage_run_and_executor_spans_contain_the_same_work(data_dir, tmp_path, 
     import threading
     import time
 
-    from egpt_sim.acceptance import IidAcceptance
+    from egpt_sim.traces.acceptance import IidAcceptance
     from measure import timing
     from measure.executor import Executor
 

@@ -15,8 +15,8 @@ pytest.importorskip("papermill")
 pytest.importorskip("scrapbook")
 
 import egpt_sim as E
-from egpt_sim import notebooks as nbrun
-from egpt_sim.acceptance import expected_accepted_iid
+from egpt_sim.analysis import notebooks as nbrun
+from egpt_sim.traces.acceptance import expected_accepted_iid
 
 QUICK = nbrun.NOTEBOOK_DIR / "params" / "quick.yaml"
 NOTEBOOKS = sorted(nbrun.NOTEBOOK_DIR.glob("*.ipynb"))

@@ -36,7 +36,7 @@ def test_egpt_sim_runs_without_torch():
         "ts = E.load_traces('example/seed_calibrated')\n"
         "r = E.simulate(E.SimConfig(strategy='parallel_sd', n_requests=5), ts)\n"
         "assert r.summary()['n_requests'] == 5\n"
-        "import egpt_sim.sweep, egpt_sim.planning, egpt_sim.cli, egpt_sim.plots\n"
+        "import egpt_sim.analysis.sweep, egpt_sim.analysis.planning, egpt_sim.cli, egpt_sim.analysis.plots\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -12,9 +12,9 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import egpt_sim as E  # noqa: E402
-from egpt_sim import plots  # noqa: E402
-from egpt_sim import report as R  # noqa: E402
-from egpt_sim.sweep import best_strategy  # noqa: E402
+from egpt_sim.analysis import plots  # noqa: E402
+from egpt_sim.analysis import tables as T  # noqa: E402
+from egpt_sim.analysis.sweep import best_strategy  # noqa: E402
 
 CAP = "test-set | H100 | fp16/none | 3 samples | measured"
 
@@ -27,7 +27,7 @@ def _close_figures():
 
 @pytest.fixture(scope="module")
 def sweep(example_traces):
-    return R.speedup_sweep(example_traces, ["prefill_then_verify", "parallel_sd"], output_tokens=[10, 50],
+    return T.speedup_sweep(example_traces, ["prefill_then_verify", "parallel_sd"], output_tokens=[10, 50],
                            acceptance=[0.0, 0.5, 1.0], n_gpus=[1, 2], n_requests=5)
 
 
@@ -53,7 +53,7 @@ def line_labels(ax) -> list[str]:
 
 
 def test_stage_timings_bars_per_role_and_stage(example_traces):
-    st = R.stage_table(example_traces)
+    st = T.stage_table(example_traces)
     fig = plots.plot_stage_timings(st, caption=CAP)
     ax = fig.axes[0]
     assert isinstance(fig, Figure) and captioned(fig)
@@ -87,7 +87,7 @@ def test_memory_bars_skip_missing_columns():
 
 
 def test_contention_marks_fallbacks(example_traces):
-    ct = R.contention_table(example_traces)
+    ct = T.contention_table(example_traces)
     fig = plots.plot_contention(ct, caption=CAP)
     ax = fig.axes[0]
     assert len(ax.patches) == len(ct)
@@ -118,7 +118,7 @@ def test_prefix_length_histogram_and_mean(example_traces):
 
 
 def test_rate_comparison_side_by_side(example_traces):
-    rates = R.acceptance_rates(example_traces)
+    rates = T.acceptance_rates(example_traces)
     fig = plots.plot_rate_comparison(rates, caption=CAP)
     a1, a2 = fig.axes
     assert len(a1.patches) == 2 * len(rates) and len(a2.patches) == 3 * len(rates)
@@ -153,7 +153,7 @@ def test_best_strategy_map(sweep):
 
 
 def test_strategy_speedups_bars(example_traces):
-    summary = R.strategy_table(example_traces, output_tokens=10, n_gpus=[1, 2],
+    summary = T.strategy_table(example_traces, output_tokens=10, n_gpus=[1, 2],
                                strategies=["target_only", "parallel_sd"], n_requests=3)
     fig = plots.plot_strategy_speedups(summary, caption=CAP)
     ax = fig.axes[0]
@@ -173,7 +173,7 @@ def test_required_acceptance_marks_unreachable():
 
 
 def test_sensitivity_lines_per_strategy_and_gpu(example_traces):
-    sens = R.sensitivity_sweep(example_traces, "drafter_speed", [1.0, 2.0], ["parallel_sd"], n_gpus=[1, 2],
+    sens = T.sensitivity_sweep(example_traces, "drafter_speed", [1.0, 2.0], ["parallel_sd"], n_gpus=[1, 2],
                                n_requests=3, output_tokens=10, acceptance=0.5)
     fig = plots.plot_sensitivity(sens, "drafter_speed", caption=CAP)
     ax = fig.axes[0]
@@ -211,7 +211,7 @@ def test_validation_scatter_with_identity_line():
 
 
 def test_gantt_lanes(example_traces):
-    tl = R.timeline_frame(example_traces, ["target_only", "parallel_sd"], n_gpus=2, output_tokens=8, acceptance=0.5)
+    tl = T.timeline_frame(example_traces, ["target_only", "parallel_sd"], n_gpus=2, output_tokens=8, acceptance=0.5)
     fig = plots.plot_gantt(tl, title="t", caption=CAP)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["target_only  target", "parallel_sd  drafter", "parallel_sd  target"]
@@ -253,10 +253,10 @@ def test_heatmap_zero_rows_raise():
 
 
 def test_acceptance_by_group_and_stage_comparison_figures(example_traces):
-    fig = plots.plot_acceptance_by_group(R.acceptance_by_group(example_traces, "run_id"), "run_id", caption="prov")
+    fig = plots.plot_acceptance_by_group(T.acceptance_by_group(example_traces, "run_id"), "run_id", caption="prov")
     t = texts(fig)
     assert "P(accepted length > i)" in t and "per-token match rate" in t.lower() and "mean accepted prefix" in t
-    cmp = R.stage_comparison({"a": example_traces, "b": example_traces})
+    cmp = T.stage_comparison({"a": example_traces, "b": example_traces})
     fig = plots.plot_stage_comparison(cmp, caption="prov")
     assert "a vs b" in texts(fig)
     with pytest.raises(ValueError, match="zero rows"):

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim.draws import DrawBank
-from egpt_sim.fastpath import simulate_fast
+from egpt_sim.sim.draws import DrawBank
+from egpt_sim.fast import simulate_fast
 
 N_SD = 17  # 16 recorded decode steps per sample in h100/fp16
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import report as R
-from egpt_sim import schema
-from egpt_sim.schema import TraceError
+from egpt_sim.analysis import report as R, tables as T
+from egpt_sim.traces import schema
+from egpt_sim.traces.schema import TraceError
 
 SECTIONS = ["## Executive summary", "## 5-stage timing comparison", "## Prefill comparison",
             "## Token generation statistics", "## GPU memory", "## Same-GPU contention",
@@ -112,10 +112,10 @@ def test_memory_and_frames_sections_when_columns_present(example_trace_dir, tmp_
 
     rewrite(example_trace_dir, add)
     ts = E.load_traces(example_trace_dir)
-    mem = R.memory_table(ts).set_index("role")
+    mem = T.memory_table(ts).set_index("role")
     assert mem.loc["target", "kv_mb"] == pytest.approx(4643 * 0.5)  # 0.5 MiB per token
     assert mem.loc["drafter", "peak_mem_mb"] == 15000.0
-    assert R.stage_table(ts).query("role == 'target' and stage == 'prefill'")["frames"].item() == 8
+    assert T.stage_table(ts).query("role == 'target' and stage == 'prefill'")["frames"].item() == 8
     text = R.build_report(ts, tmp_path / "out", plan=False, seed_scenarios=False, n_requests=5).read_text()
     assert "2321.5" in text and "](memory.png)" in text
     assert "### Token scaling over frames" in text and "](prefill_scaling.png)" in text
@@ -129,22 +129,22 @@ def test_no_acceptance_table_reports_it_and_simulates_alpha_zero(example_trace_d
 
 
 def test_tables_from_the_example(example_traces):
-    st = R.stage_table(example_traces)
+    st = T.stage_table(example_traces)
     assert len(st) == 10 and (st["median_ms"] > 0).all() and (st["q75_ms"] >= st["q25_ms"]).all()
-    pf = R.prefill_table(example_traces).set_index("role")
+    pf = T.prefill_table(example_traces).set_index("role")
     assert pf.loc["target", "prompt_tokens"] == 4643 and pf.loc["drafter", "prompt_tokens"] == 636
     assert pf.loc["target", "phase_median_ms"] > pf.loc["target", "prefill_median_ms"] > 0
-    tok = R.token_table(example_traces).set_index("role")
+    tok = T.token_table(example_traces).set_index("role")
     assert tok.loc["target", "tok_per_s"] == pytest.approx(1000 / tok.loc["target", "decode_median_ms"])
-    rates = R.acceptance_rates(example_traces)
+    rates = T.acceptance_rates(example_traces)
     assert list(rates["group"]) == ["all verifications", "window block (verify 0)", "later blocks"]
     assert (rates["mean_accepted_prefix_len"] < rates["seeds_drafts_x_rate"]).all()
-    assert R.memory_table(example_traces) is None
-    assert R.verify_table(example_traces)["vs_decode_step"].lt(1.0).all()
+    assert T.memory_table(example_traces) is None
+    assert T.verify_table(example_traces)["vs_decode_step"].lt(1.0).all()
 
 
 def test_speedup_sweep_is_exactly_the_requested_grid(example_traces):
-    sw = R.speedup_sweep(example_traces, ["parallel_sd"], output_tokens=[10], acceptance=[0.0, 1.0], n_gpus=[2],
+    sw = T.speedup_sweep(example_traces, ["parallel_sd"], output_tokens=[10], acceptance=[0.0, 1.0], n_gpus=[2],
                          n_requests=3, gamma=4)
     assert len(sw) == 2 * 2 and set(sw["strategy"]) == {"target_only", "parallel_sd"}
     assert (sw["gamma"] == 4).all() and (sw["speedup"] > 0).all() and "speedup_of_means" not in sw.columns
@@ -154,36 +154,36 @@ def test_speedup_sweep_is_exactly_the_requested_grid(example_traces):
 def test_break_even_table(column):
     sweep = pd.DataFrame({"strategy": ["s"] * 3 + ["target_only"], "n_gpus": [1] * 4, "output_tokens": [10] * 4,
                           "acceptance": [0.0, 0.5, 1.0, 0.0], column: [0.9, 1.05, 1.2, 1.0]})
-    be = R.break_even_table(sweep)
+    be = T.break_even_table(sweep)
     assert len(be) == 1 and be["break_even_alpha"].item() == 0.5 and be["max_speedup"].item() == 1.2
-    assert np.isnan(R.break_even_table(sweep, threshold=2.0)["break_even_alpha"].item())
+    assert np.isnan(T.break_even_table(sweep, threshold=2.0)["break_even_alpha"].item())
 
 
 def test_curve_requirements_scales_the_measured_curve(example_traces):
-    t = R.curve_requirements(example_traces, 1.05, [20], [2], n_requests=5, tol=0.1)
+    t = T.curve_requirements(example_traces, 1.05, [20], [2], n_requests=5, tol=0.1)
     assert t["kind"].eq("curve_scale").all()
     assert (t["level"].isna() | (t["level"] >= 0)).all() and (t["max_speedup"] > 0).all()
 
 
 def test_records_are_json_safe():
     df = pd.DataFrame({"a": [1.0, np.nan], "b": [np.int64(3), np.int64(4)], "c": ["x", None]})
-    assert R.records(df) == [{"a": 1.0, "b": 3, "c": "x"}, {"a": None, "b": 4, "c": None}]
-    assert R.records(None) == []
+    assert T.records(df) == [{"a": 1.0, "b": 3, "c": "x"}, {"a": None, "b": 4, "c": None}]
+    assert T.records(None) == []
 
 
 def test_load_validation_without_data(tmp_path):
-    v = R.load_validation(tmp_path / "nope")
+    v = T.load_validation(tmp_path / "nope")
     assert not v.available and v.message.startswith("no validation data") and v.cells is None
 
 
 def test_load_validation_with_a_compare(tmp_path, monkeypatch):
-    from egpt_sim import validation
+    from egpt_sim.analysis import validation
 
     cells = pd.DataFrame({"strategy": ["target_only"], "output_tokens": [20], "sigma": [0.0], "n_measured": [5],
                           "measured_median_ms": [1000.0], "predicted_median_ms": [1010.0], "error_pct": [1.0],
                           "ks_pvalue": [0.5], "tost_equivalent": [True]})
     monkeypatch.setattr(validation, "compare_dir", lambda folder: (cells, {"median_abs_error_pct": 1.0}))
-    v = R.load_validation(tmp_path)
+    v = T.load_validation(tmp_path)
     assert v.available and len(v.cells) == 1 and "median |error| 1.0 %" in v.message
     assert str(tmp_path) in v.caption
 
@@ -209,15 +209,15 @@ def _bundled(name):
 
 def test_frames_sweep_loads_for_analysis():
     name = _bundled("h100/frames")
-    ft = R.frames_table(R.optional_trace_set(name, "unused"))
+    ft = T.frames_table(T.optional_trace_set(name, "unused"))
     assert ft["frames"].nunique() >= 2 and (ft["prompt_tokens"].diff().dropna() > 0).all()
 
 
 def test_acceptance_split_by_run_keeps_runs_apart(example_traces):
     a = example_traces.acceptance
-    rates = R.acceptance_rates(example_traces, by="run_id")
+    rates = T.acceptance_rates(example_traces, by="run_id")
     assert rates.iloc[0]["group"] == "all verifications"
-    by = R.acceptance_by_group(example_traces, "run_id")
+    by = T.acceptance_by_group(example_traces, "run_id")
     for run, d in a.groupby("run_id"):
         g = by[by["run_id"] == run]
         blocks = d.groupby(["sample_id", "verify_id"])["accepted_len"].first()
@@ -225,23 +225,23 @@ def test_acceptance_split_by_run_keeps_runs_apart(example_traces):
         assert g["p_accept_len_gt"].fillna(0).sum() == pytest.approx(blocks.mean())
         assert g["per_token_match_rate_pooled"].iloc[0] == pytest.approx(d["matched"].mean())
     with pytest.raises(ValueError, match="no column"):
-        R.acceptance_rates(example_traces, by="nope")
-    assert "acceptance:" in R.acceptance_caption(example_traces)
+        T.acceptance_rates(example_traces, by="nope")
+    assert "acceptance:" in T.acceptance_caption(example_traces)
 
 
 def test_contention_table_names_the_concurrency_the_simulator_uses(example_traces):
-    ct = R.contention_table(example_traces)
+    ct = T.contention_table(example_traces)
     assert "concurrency" in ct and ct["concurrency"].nunique() == 1
-    cc = R.contention_by_concurrency(example_traces)
+    cc = T.contention_by_concurrency(example_traces)
     assert set(ct["concurrency"]) <= set(cc["concurrency"]) | {"any"}
 
 
 def test_acceptance_curve_of_one_run(example_traces):
     run = example_traces.acceptance["run_id"].iloc[0]
-    curve = R.acceptance_curve(example_traces, run)
+    curve = T.acceptance_curve(example_traces, run)
     assert len(curve) >= 1 and all(0.0 <= c <= 1.0 for c in curve)
     with pytest.raises(ValueError, match="no acceptance rows"):
-        R.acceptance_curve(example_traces, "missing-run")
+        T.acceptance_curve(example_traces, "missing-run")
 
 
 # --------------------------------------------------------------------------- issue 15: captions name acceptance

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from egpt_sim import schema
-from egpt_sim.schema import TraceError
+from egpt_sim.traces import schema
+from egpt_sim.traces.schema import TraceError
 from egpt_sim.traces import TraceSet
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import egpt_sim as E
-from egpt_sim.schema import TraceError
+from egpt_sim.traces.schema import TraceError
 from egpt_sim.serving import (
     EmpiricalLength,
     FixedLength,
@@ -36,7 +36,7 @@ from egpt_sim.serving import (
     run_serving,
     run_serving_sweep,
 )
-from egpt_sim.contention import uniform_model
+from egpt_sim.traces.contention import uniform_model
 from egpt_sim.traces import TraceSet
 
 TRACES = "example/seed_calibrated"

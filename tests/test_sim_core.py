@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import closed_form as C
-from egpt_sim.runner import REQUEST_COLUMNS, draw_bank
+from egpt_sim.sim import closed_form as C
+from egpt_sim.sim.runner import REQUEST_COLUMNS, draw_bank
 
 N_REQ = 60
 
@@ -154,7 +154,7 @@ def test_requests_do_not_depend_on_batch_size(example_traces):
 
 
 def test_shared_draw_bank_gives_the_same_result(example_traces):
-    from egpt_sim.runner import draw_bank
+    from egpt_sim.sim.runner import draw_bank
     cfg = E.SimConfig(strategy="prefill_then_verify", n_requests=20, acceptance=0.7, seed=2)
     bank = draw_bank(cfg, example_traces)
     E.simulate(cfg.replace(strategy="serial_sd"), example_traces, bank=bank)  # uses (and extends) the bank

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim.schema import TraceError
-from egpt_sim.validation import compare, tost_equivalence
+from egpt_sim.traces.schema import TraceError
+from egpt_sim.analysis.validation import compare, tost_equivalence
 
 
 def test_tost_accepts_equal_and_rejects_shifted_distributions():

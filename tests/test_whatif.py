@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 import egpt_sim as E
-from egpt_sim import cli, costmodel as C, whatif as W
-from egpt_sim.fastpath import run_grid, simulate_fast
-from egpt_sim.runner import draw_bank
-from egpt_sim.schema import TraceError
+from egpt_sim import cli, whatif as W
+from egpt_sim.whatif import costmodel as C
+from egpt_sim.fast import run_grid, simulate_fast
+from egpt_sim.sim.runner import draw_bank
+from egpt_sim.traces.schema import TraceError
 
 GRAPHS = "h200/graphs-fp16"
 FLOAT_COLS = ("latency_ms", "ttft_ms", "target_prefill_end_ms", "drafter_prefill_end_ms", "baseline_latency_ms", "speedup")
@@ -258,7 +259,7 @@ def test_grids_and_sweeps_carry_the_shape_and_the_time_source(graphs):
     df = run_grid(cfgs, graphs, workers=1)
     assert list(df["time_source"]) == ["trace", "model", "trace", "model"]
     assert df.loc[1, "baseline_mean_ms"] > df.loc[0, "baseline_mean_ms"]
-    from egpt_sim.sweep import _config_of, run_sweep
+    from egpt_sim.analysis.sweep import _config_of, run_sweep
 
     sw = run_sweep(cfgs, graphs, engine="fast", progress=False)  # rows grouped by shared draws
     assert list(sw["time_source"]) == ["model" if f == 16 else "trace" for f in sw["target_frames"]]

@@ -1,0 +1,394 @@
+"""Validation: simulator predictions vs latencies measured by the real executor.
+
+For every cell (strategy x output_tokens x sigma [x n_gpus]) of an executor run, the
+simulator replays the stage-timing and acceptance traces recorded *on the same machine*
+(acceptance trace of the same drafter perturbation sigma) and predicts the latency
+distribution. Per cell we report measured and predicted medians, the error in %, a
+two-sample Kolmogorov-Smirnov test and a +-5 % TOST equivalence test on the means;
+over all cells the median and p90 of |error|.
+
+Executor results (``executor_results.parquet``) need the columns
+``strategy, output_tokens, gamma, sigma, latency_ms`` (``n_gpus`` optional, default 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..sim.config import SimConfig
+from ..sim.runner import draw_bank, simulate
+from ..traces.schema import TraceError
+from ..traces.traceset import TraceSet
+
+RESULT_COLUMNS = ("strategy", "output_tokens", "gamma", "sigma", "latency_ms")
+
+
+def tost_equivalence(measured: np.ndarray, predicted: np.ndarray, margin: float = 0.05,
+                     alpha: float = 0.05) -> tuple[bool, float]:
+    """Two one-sided Welch t-tests: is |mean(pred) - mean(meas)| < margin x mean(meas)?
+
+    Returns (equivalent at level alpha, TOST p-value = max of the two one-sided p's).
+    """
+    m, p = np.asarray(measured, float), np.asarray(predicted, float)
+    if len(m) < 2 or len(p) < 2:
+        raise ValueError("TOST needs at least 2 measured and 2 predicted values")
+    delta = margin * m.mean()
+    diff = p.mean() - m.mean()
+    vm, vp = m.var(ddof=1) / len(m), p.var(ddof=1) / len(p)
+    se = np.sqrt(vm + vp)
+    if se == 0:
+        return bool(abs(diff) < delta), 0.0 if abs(diff) < delta else 1.0
+    dof = (vm + vp) ** 2 / (vm**2 / (len(m) - 1) + vp**2 / (len(p) - 1))
+    p_lower = stats.t.sf((diff + delta) / se, dof)  # H0: diff <= -delta
+    p_upper = stats.t.cdf((diff - delta) / se, dof)  # H0: diff >= +delta
+    p_tost = float(max(p_lower, p_upper))
+    return p_tost < alpha, p_tost
+
+
+def measured_speedups(results: pd.DataFrame) -> pd.Series:
+    """Per request: measured paired speed-up = the ``target_only`` latency of the same sample,
+    output length and GPU count divided by this request's latency (NaN without a baseline)."""
+    keys = [k for k in ("sample_id", "output_tokens", "n_gpus") if k in results.columns]
+    if "sample_id" not in keys:
+        return pd.Series(np.nan, index=results.index)
+    base = results[results["strategy"] == "target_only"].groupby(keys)["latency_ms"].median()
+    idx = pd.MultiIndex.from_frame(results[keys])
+    return pd.Series(base.reindex(idx).to_numpy() / results["latency_ms"].to_numpy(), index=results.index)
+
+
+def _replayed_acceptance(ts: TraceSet):
+    """The acceptance source the executor replayed (set by :func:`load_validation_dir`), else
+    the trace set's recorded acceptance, else alpha = 0."""
+    src = getattr(ts, "replay_source", None)
+    return src if src is not None else ("trace" if ts.acceptance is not None else 0.0)
+
+
+def _cell_budget(cell: pd.DataFrame) -> int | None:
+    """The window budget the executor ran adaptive_budget with (most common value), if recorded."""
+    if "window_budget" not in cell.columns or cell["strategy"].iloc[0] != "adaptive_budget":
+        return None
+    return int(cell["window_budget"].mode().iloc[0])
+
+
+def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
+    """Simulated requests (latency_ms, speedup) for one executor cell, on one draw bank."""
+    first = cell.iloc[0]
+    cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
+                    gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
+                    acceptance=_replayed_acceptance(ts), n_requests=n_predicted, seed=seed,
+                    window_budget=_cell_budget(cell), **config)
+    return simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests
+
+
+def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
+            n_predicted: int = 400, seed: int = 0, **config) -> tuple[pd.DataFrame, dict]:
+    """Predict every executor cell and compare latency and paired speed-up. Returns (cells, overall).
+
+    ``adaptive_budget`` cells are simulated at the window budget the executor recorded
+    (``window_budget`` column): the validation scores the mechanics, not the budget rule.
+    """
+    missing = [c for c in RESULT_COLUMNS if c not in results.columns]
+    if missing:
+        raise TraceError(f"executor results: column {missing[0]!r} is missing")
+    if len(results) == 0:
+        raise TraceError("executor results: zero rows (nothing to validate)")
+    get = traces_for_sigma.__getitem__ if isinstance(traces_for_sigma, Mapping) else traces_for_sigma
+    res = results.copy()
+    if "n_gpus" not in res.columns:
+        res["n_gpus"] = 1
+    res["measured_speedup"] = measured_speedups(res)
+    keys = ["n_gpus", "sigma", "strategy", "output_tokens", "gamma"]
+    rows = []
+    for (n_gpus, sigma, strategy, n_tok, gamma), cell in res.groupby(keys, sort=True):
+        pred_rows = predict_cell(cell, get(sigma), n_predicted, seed, **config)
+        pred = pred_rows["latency_ms"].to_numpy()
+        meas = cell["latency_ms"].to_numpy(dtype=float)
+        med_m, med_p = float(np.median(meas)), float(np.median(pred))
+        equivalent, p_tost = tost_equivalence(meas, pred) if len(meas) >= 2 else (False, float("nan"))
+        spd_m = float(cell["measured_speedup"].mean())
+        spd_p = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
+        rows.append({
+            "n_gpus": int(n_gpus), "sigma": sigma, "strategy": strategy, "output_tokens": int(n_tok),
+            "gamma": int(gamma), "window_budget": _cell_budget(cell), "n_measured": len(meas),
+            "measured_median_ms": med_m, "predicted_median_ms": med_p, "error_pct": 100.0 * (med_p - med_m) / med_m,
+            "measured_speedup": spd_m, "predicted_speedup": spd_p,
+            "speedup_error": spd_p - spd_m if strategy != "target_only" else float("nan"),
+            "ks_pvalue": float(stats.ks_2samp(meas, pred).pvalue) if len(meas) >= 2 else float("nan"),
+            "tost_pvalue": p_tost, "tost_equivalent": bool(equivalent),
+        })
+    cells = pd.DataFrame(rows)
+    return cells, _overall(cells)
+
+
+def _overall(cells: pd.DataFrame) -> dict:
+    abs_err = cells["error_pct"].abs()
+    spd = cells["speedup_error"].abs().dropna() if "speedup_error" in cells else pd.Series(dtype=float)
+    return {
+        "n_cells": int(len(cells)),
+        "median_abs_error_pct": float(abs_err.median()),
+        "p90_abs_error_pct": float(abs_err.quantile(0.9)),
+        "max_abs_error_pct": float(abs_err.max()),
+        "median_abs_speedup_error": float(spd.median()) if len(spd) else float("nan"),
+        "p90_abs_speedup_error": float(spd.quantile(0.9)) if len(spd) else float("nan"),
+        "max_abs_speedup_error": float(spd.max()) if len(spd) else float("nan"),
+        "ks_reject_fraction": float((cells["ks_pvalue"] < 0.05).mean()),
+        "tost_equivalent_fraction": float(cells["tost_equivalent"].mean()),
+    }
+
+
+def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
+                       traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
+                       n_predicted: int = 200, seed: int = 0, **config) -> pd.DataFrame:
+    """Per (strategy, actor, activity): the executor's median activity duration and its mean
+    count per request vs the simulator's, on every cell pooled — which activity is mispredicted
+    and by how much (``error_pct``; ``count_error`` in activities per request)."""
+    get = traces_for_sigma.__getitem__ if isinstance(traces_for_sigma, Mapping) else traces_for_sigma
+    res = results.copy()
+    res["n_gpus"] = res["n_gpus"] if "n_gpus" in res else 1
+    keys = ["n_gpus", "sigma", "strategy", "output_tokens", "gamma"]
+    sim_rows = []
+    for (_g, sigma, _s, _n, _k), cell in res.groupby(keys, sort=True):
+        cfg_cell = predict_cell_timeline(cell, get(sigma), n_predicted, seed, **config)
+        sim_rows.append(cfg_cell)
+    sim = pd.concat(sim_rows, ignore_index=True)
+    tl = timeline.merge(res[["request_id", "strategy"]].drop_duplicates("request_id"), on="request_id",
+                        suffixes=("_tl", "")) if "strategy" not in timeline else timeline
+    out = []
+    for name, frame, n_req in (("measured", tl, res.groupby("strategy").size()),
+                               ("predicted", sim, sim.groupby("strategy")["request_id"].nunique())):
+        d = frame.assign(duration_ms=frame["end_ms"] - frame["start_ms"])
+        g = d.groupby(["strategy", "actor", "activity"])["duration_ms"]
+        out.append(pd.DataFrame({f"{name}_median_ms": g.median(),
+                                 f"{name}_per_request": g.size() / n_req.reindex(g.size().index.get_level_values(0)).to_numpy()}))
+    both = pd.concat(out, axis=1).reset_index()
+    both["error_pct"] = 100 * (both["predicted_median_ms"] / both["measured_median_ms"] - 1)
+    both["count_error"] = both["predicted_per_request"] - both["measured_per_request"]
+    return both
+
+
+def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
+    """Simulated activity timeline (with a ``strategy`` column) of one executor cell."""
+    first = cell.iloc[0]
+    cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
+                    gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
+                    acceptance=_replayed_acceptance(ts), n_requests=n_predicted, seed=seed,
+                    window_budget=_cell_budget(cell), **config)
+    tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True).timeline
+    key = f"{first['sigma']}-{first['output_tokens']}-{first['n_gpus']}"
+    return tl.assign(strategy=first["strategy"], request_id=key + "-" + tl["request_id"].astype(str))
+
+
+def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFrame) -> pd.DataFrame:
+    """Replace the target's ``alone`` rows by what the executor's ``target_only`` requests ran
+    (same session, same processes): every activity of each baseline request becomes one
+    recorded "sample" (load, preprocess, vision_encode, prefill, decode steps in order).
+
+    Calibrating the target on the baseline and scoring the speculative strategies keeps the
+    comparison out of sample: ``target_only`` cells then become calibration cells, the
+    speculative cells never lend a number to their own prediction.
+    """
+    tl = timeline[(timeline["strategy"] == "target_only") & (timeline["actor"] == "target")]
+    if tl.empty or not (tl["activity"] == "decode_step").any():
+        raise TraceError("executor timeline: no target_only decode steps to calibrate from")
+    st = stage_timings
+    alone_t = (st["role"] == "target") & (st["placement"] == "alone")
+    template = st[alone_t & (st["stage"] == "prefill")].iloc[0]
+    tl = tl.sort_values(["request_id", "start_ms"])
+    rows = pd.DataFrame([template] * len(tl)).reset_index(drop=True)
+    rows["stage"] = tl["activity"].to_numpy()
+    rows["duration_ms"] = (tl["end_ms"] - tl["start_ms"]).to_numpy()
+    rows["step"] = tl.groupby(["request_id", "activity"]).cumcount().to_numpy()
+    sid = tl["sample_id"].astype(str) if "sample_id" in tl else pd.Series("executor", index=tl.index)
+    rows["sample_id"] = (sid + "-r" + tl["request_id"].astype(str)).to_numpy()
+    prompt = int(template["prompt_tokens"])
+    dec = rows["stage"] == "decode_step"
+    rows["kv_tokens"] = np.where(dec, prompt + rows["step"], 0)
+    rows["query_tokens"] = np.where(dec, 1, np.where(rows["stage"] == "prefill", prompt, 0))
+    rows["gamma"] = 0
+    rows["run_id"] = "executor-target_only"
+    verify = st[alone_t & (st["stage"] == "verify")]  # target_only runs no verify: keep the stage rows
+    return pd.concat([st[~alone_t], verify, rows], ignore_index=True)
+
+
+def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
+    """Read a validation folder written by ``measure.validation_run``.
+
+    Returns the executor results (``n_gpus`` derived from ``placement``) and a function
+    sigma -> TraceSet holding the folder's stage timings with the acceptance rows of
+    that drafter perturbation (adapter ``none``). ``target_only`` rows carry no sigma
+    (they need no acceptance) and are predicted with the first sigma's trace set.
+    """
+    path = Path(path)
+    res_file = path / "executor_results.parquet"
+    if not res_file.exists():
+        raise TraceError(f"{res_file}: executor results file is missing")
+    results = pd.read_parquet(res_file)
+    if len(results) == 0:
+        raise TraceError(f"{res_file}: zero rows (nothing to validate)")
+    if "placement" in results.columns:
+        results["n_gpus"] = np.where(results["placement"] == "separate_gpu", 2, 1)
+    full = TraceSet.load(path)
+    if full.acceptance is None or "sigma" not in full.acceptance.columns:
+        raise TraceError(f"{path}: acceptance table with a 'sigma' column is required for validation")
+    acc = full.acceptance
+    if "adapter" in acc.columns:
+        acc = acc[acc["adapter"].astype(str) == "none"]
+    sigmas = sorted(s for s in results["sigma"].dropna().unique())
+    if not sigmas:
+        raise TraceError(f"{res_file}: column 'sigma' has no values (no speculative requests)")
+    results["sigma"] = results["sigma"].fillna(sigmas[0])
+    stage_timings = full.stage_timings
+    if decode_from == "executor_target_only":
+        stage_timings = decode_steps_from_executor(stage_timings, pd.read_parquet(path / "executor_timeline.parquet"))
+    elif decode_from != "stages":
+        raise ValueError(f"decode_from must be 'stages' or 'executor_target_only', got {decode_from!r}")
+    cache: dict[float, TraceSet] = {}
+    samples = set(results["sample_id"].astype(str)) if "sample_id" in results else None
+    tails = _replay_tails(full.metadata)
+
+    def traces_for(sigma: float) -> TraceSet:
+        if sigma not in cache:
+            sel = acc[np.isclose(acc["sigma"].astype(float), float(sigma))]
+            if sel.empty:
+                raise TraceError(f"{path}: no acceptance rows with sigma={sigma}")
+            ts = TraceSet.from_frames(stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
+            ts.replay_source = _executor_source(sel, samples, tails.get(float(sigma)))
+            cache[sigma] = ts
+        return cache[sigma]
+
+    return results, traces_for
+
+
+def _replay_tails(metadata: dict) -> dict[float, float]:
+    """sigma -> the tail rate the executor's acceptance replay used (run metadata
+    ``acceptance_replay``; absent in folders recorded before it was written)."""
+    out = {}
+    for run in metadata.get("runs", {}).values():
+        for sigma, info in (run.get("acceptance_replay") or {}).items():
+            out[float(sigma)] = float(info["tail_alpha"])
+    return out
+
+
+def _executor_source(acceptance: pd.DataFrame, samples: set[str] | None, tail_alpha: float | None):
+    """What the executor replayed: the verification blocks of the samples it ran (per-sample
+    sources, picked uniformly), continued past censored blocks with the tail rate it used."""
+    from ..traces.acceptance import TraceAcceptance
+
+    blocks = (acceptance.groupby(["run_id", "sample_id", "verify_id"], as_index=False)
+              .agg(gamma=("gamma", "first"), accepted_len=("accepted_len", "first")))
+    if samples:
+        ran = blocks[blocks["sample_id"].astype(str).isin(samples)]
+        blocks = ran if len(ran) else blocks
+    label = f"replayed {blocks['run_id'].iloc[0]}"
+    return TraceAcceptance(blocks, tail_alpha=tail_alpha, label=label)
+
+
+def executor_concurrency(results: pd.DataFrame) -> str:
+    """How the executor ran the two models (``workers`` column): ``processes`` or ``streams``
+    (threads on CUDA streams; also every folder recorded before the column existed)."""
+    if "workers" in results.columns and (results["workers"].astype(str) == "processes").all():
+        return "processes"
+    return "streams"
+
+
+def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "auto",
+                decode_from: str = "stages", **config) -> tuple[pd.DataFrame, dict]:
+    """``compare`` for a validation folder; contention fitted from the rows of the executor's
+    own concurrency (``auto``: its ``workers`` column, see :func:`executor_concurrency`).
+
+    ``decode_from="executor_target_only"`` takes the target's stage rows from the executor's
+    baseline requests (:func:`decode_steps_from_executor`); ``target_only`` cells are then
+    flagged ``calibration`` and left out of the overall error figures.
+    """
+    results, traces_for = load_validation_dir(path, decode_from)
+    if concurrency == "auto":
+        concurrency = executor_concurrency(results)
+    cells, overall = compare(results, traces_for, n_predicted=n_predicted,
+                             contention_concurrency=concurrency, **config)
+    cells["calibration"] = (decode_from != "stages") & (cells["strategy"] == "target_only")
+    if cells["calibration"].any():
+        overall = _overall(cells[~cells["calibration"]]) | {
+            "calibrated_on": "the target's stage rows from the executor's target_only requests (other cells)"}
+    overall["contention_concurrency"] = concurrency
+    return cells, overall
+
+
+GOALS = {"processes": (2.0, 5.0, 0.02), "streams": (5.0, 10.0, 0.05)}  # median %, p90 %, p90 |speed-up error|
+
+
+def verdict(overall: dict) -> str:
+    """One line: the figures against the goals of the executor's kind (README, issue 11)."""
+    med, p90, spd = GOALS.get(overall.get("contention_concurrency", "streams"), GOALS["streams"])
+    ok = (overall["median_abs_error_pct"] <= med and overall["p90_abs_error_pct"] <= p90
+          and overall.get("p90_abs_speedup_error", float("nan")) <= spd)
+    return (f"{'MEETS' if ok else 'MISSES'} the goals (median |latency error| <= {med:g} %, p90 <= {p90:g} %, "
+            f"p90 |speed-up error| <= {spd:g}): median {overall['median_abs_error_pct']:.1f} %, "
+            f"p90 {overall['p90_abs_error_pct']:.1f} %, p90 |speed-up error| {overall.get('p90_abs_speedup_error', float('nan')):.3f}")
+
+
+def scatter(cells: pd.DataFrame, path: Path, title: str) -> Path:
+    """Measured vs predicted: median latency per cell (left) and mean paired speed-up (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, (m, p, unit) in zip(axes, (("measured_median_ms", "predicted_median_ms", "median latency, ms"),
+                                       ("measured_speedup", "predicted_speedup", "paired speed-up vs target_only"))):
+        for strategy, g in cells.groupby("strategy"):
+            ax.scatter(g[m], g[p], label=strategy, s=22)
+        lo, hi = np.nanmin(cells[[m, p]].to_numpy()), np.nanmax(cells[[m, p]].to_numpy())
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.set(xlabel=f"measured {unit}", ylabel=f"predicted {unit}")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m egpt_sim.validation DIR [--out DIR]``: every mode, tables, verdict, JSON, scatter."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m egpt_sim.validation", description=main.__doc__)
+    p.add_argument("folder")
+    p.add_argument("--out", default=None, help="where to write validation_cells_*.csv / overall JSON (default: folder)")
+    p.add_argument("--predicted", type=int, default=400, help="simulated requests per cell")
+    p.add_argument("--residuals", action="store_true", help="also write validation_residuals.csv (per activity)")
+    a = p.parse_args(argv)
+    out = Path(a.out or a.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for mode in ("stages", "executor_target_only"):
+        cells, overall = compare_dir(a.folder, n_predicted=a.predicted, decode_from=mode)
+        cells.to_csv(out / f"validation_cells_{mode}.csv", index=False, float_format="%.4g")
+        summary[mode] = overall
+        print(f"\n== decode steps from {mode}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in overall.items()))
+        print(cells[["n_gpus", "sigma", "strategy", "output_tokens", "n_measured", "measured_median_ms",
+                     "predicted_median_ms", "error_pct", "measured_speedup", "predicted_speedup", "speedup_error",
+                     "ks_pvalue", "tost_equivalent"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(f"verdict ({mode}): {verdict(overall)}")
+        if mode == "stages":
+            scatter(cells, out / "validation_scatter.png", f"{Path(a.folder).name}: traces-only prediction")
+    if a.residuals:
+        results, traces_for = load_validation_dir(a.folder)
+        tl = pd.read_parquet(Path(a.folder) / "executor_timeline.parquet")
+        res = activity_residuals(results, tl, traces_for, n_predicted=min(a.predicted, 100),
+                                 contention_concurrency=executor_concurrency(results))
+        res.to_csv(out / "validation_residuals.csv", index=False, float_format="%.4g")
+    (out / "validation_overall.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The rules of one request, stated once: both engines call these functions.
+
+The SimPy model (:mod:`egpt_sim.sim.processes`, :mod:`egpt_sim.sim.strategies`,
+:mod:`egpt_sim.sim.gpu`) calls them with one request's numbers; the fast engine
+(:mod:`egpt_sim.fast`) with numpy arrays over many requests. Every function is written with
+element-wise numpy operations, so the two get the same answer by construction
+(``tests/test_fastpath.py`` checks the engines agree on the same draws).
+
+* **Contention** — which model applies (:func:`contention_for`: one GPU = the same-GPU
+  model, two GPUs = the host model, strategies that never run both models at once = none)
+  and how fast an activity runs beside the other role's (:func:`contended_rate`: 1 / the
+  largest factor over the peer's running GPU activities, 1 with no peer; CPU stages never
+  contend). Work is alone-time ms: an activity with ``remaining`` ms of work runs
+  ``remaining / rate`` ms of wall time (processor sharing).
+* **CPU lane** — the CPU stages (load, preprocess) of the two roles run one after the
+  other, drafter first, as ``measure.stages`` measures them: when both prefill phases run at
+  once, the target's load starts when the drafter's preprocess ends, after
+  :func:`cpu_stages_ms` of the drafter; each role's GPU stages start as soon as its own CPU
+  stages end. CPU stages never contend on the GPU.
+* **Commit / re-sync** — after each synchronisation at position ``c`` the acceptance
+  source draws a run length R (``run_end = c + R``). A target pass over k drafts accepts
+  ``L = min(run_end - committed, k)`` and commits L + 1 tokens (never past N); the drafter
+  keeps its lookahead only if it has drafted the new last committed position and that
+  draft matched, else it re-synchronises (:func:`commit_pass`, :func:`resync`). The
+  drafter's d1 counts as accepted when it equals the target's prefill token
+  (:func:`d1_matches`).
+* **Verify size** — a target pass verifies the drafts available, at most a limit (gamma,
+  or the window budget), never past position N - 1 (:func:`verify_size`); serial_sd drafts
+  a block of :func:`block_size` drafts before each pass.
+* **Window budget** — before the target's prefill ends the drafter drafts while fewer than
+  the window budget are waiting; afterwards up to ``lookahead_blocks * gamma`` ahead
+  (parallel_sd) or not at all (:func:`after_prefill_cap`, :func:`draft_cap`,
+  :func:`drafter_exits`, :func:`drafter_drafts`, :func:`draft_limit`).
+
+Scalars stay Python numbers (the SimPy model's hot path); arrays go through numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..traces.contention import ContentionModel
+from ..traces.schema import CPU_STAGES
+
+EPS_MS = 1e-9  # a GPU activity with no more alone-time work than this takes no time
+OVERLAPPING = ("prefill_then_verify", "parallel_sd", "adaptive_budget")  # both models run at once
+
+
+_NUMPY_OPS, _BUILTIN_OPS = (np.minimum, np.maximum), (min, max)
+
+
+def _ops(*xs):
+    """(minimum, maximum) for these operands: numpy's for arrays, the builtins for numbers."""
+    for x in xs:
+        if isinstance(x, np.ndarray):
+            return _NUMPY_OPS
+    return _BUILTIN_OPS
+
+
+# --------------------------------------------------------------------------- contention
+
+
+def contention_for(cfg, traces) -> ContentionModel:
+    """The contention model of ``cfg``'s domain (see :mod:`egpt_sim.traces.contention`).
+
+    One GPU: same-GPU contention fitted from ``shared_gpu`` rows. Two or more GPUs: host
+    contention (``separate_gpu`` rows; 1.0 by rule for processes; an explicit assumption
+    of 1.0 where not measured). Strategies that never run both models at once, and
+    ``contention='none'``, get no contention. Unmeasured factors follow
+    ``cfg.contention_missing``.
+    """
+    if cfg.contention == "none":
+        return ContentionModel.none("contention='none'")
+    if cfg.strategy not in OVERLAPPING:
+        return ContentionModel.none(f"not applicable: {cfg.strategy} never runs both models at once")
+    placement = "shared_gpu" if cfg.n_gpus == 1 else "separate_gpu"
+    model = traces.contention(placement, cfg.contention_concurrency, cfg.contention_missing)
+    return model.scaled(cfg.contention_scale)
+
+
+def contended_rate(model: ContentionModel, role: str, stage: str, peer_stages) -> float:
+    """Speed of ``role``'s ``stage`` (alone = 1) while the other role runs ``peer_stages``:
+    1 / the largest factor over the peer's GPU stages; 1 with none, and for a CPU stage."""
+    if stage in CPU_STAGES:
+        return 1.0
+    worst = None
+    for peer in peer_stages:
+        if peer not in CPU_STAGES:
+            f = model.contention_factor(role, stage, peer)
+            if worst is None or f > worst:
+                worst = f
+    return 1.0 if worst is None else 1.0 / worst
+
+
+def cpu_stages_ms(phase_ms):
+    """How long a role's CPU stages hold the CPU lane (load + preprocess of a prefill phase,
+    ``phase_ms[..., :2]``, ms): for the drafter, how long the target's CPU stages wait."""
+    return phase_ms[..., 0] + phase_ms[..., 1]
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def resync(committed, run):
+    """(drafter_pos, run_end) after a re-synchronisation at ``committed`` with run length ``run``."""
+    return committed, committed + run
+
+
+def d1_matches(drafter_pos, run_end):
+    """The drafter's prefill draft (position 1) equals the target's first token."""
+    return (drafter_pos >= 1) & (run_end >= 1)
+
+
+def commit_pass(committed, run_end, drafter_pos, k, n_tokens):
+    """A target pass over ``k`` drafts: (accepted L, committed after, drafter keeps its lookahead)."""
+    lo, hi = _ops(committed, run_end, k, n_tokens)
+    accepted = hi(0, lo(run_end - committed, k))
+    after = lo(committed + accepted + 1, n_tokens)
+    keeps = (drafter_pos >= after) & (run_end >= after)
+    return accepted, after, keeps
+
+
+def window_accepted_after(first_verify_accepted, window_drafts):
+    """Drafts of the window accepted beyond d1 by the first verify pass (when d1 matched)."""
+    lo, _ = _ops(first_verify_accepted, window_drafts)
+    return lo(first_verify_accepted, window_drafts - 1)
+
+
+def verify_size(drafter_pos, committed, limit, n_tokens):
+    """Drafts a target pass verifies now: those available, at most ``limit``, never past N - 1."""
+    lo, hi = _ops(drafter_pos, committed, limit, n_tokens)
+    available = hi(0, drafter_pos - committed)
+    return hi(0, lo(lo(available, limit), n_tokens - committed - 1))
+
+
+def block_size(committed, gamma, n_tokens):
+    """Drafts serial_sd drafts before each verify pass: gamma, never past position N - 1."""
+    lo, _ = _ops(committed, gamma, n_tokens)
+    return lo(gamma, n_tokens - committed - 1)
+
+
+# --------------------------------------------------------------------------- the window
+
+
+def after_prefill_cap(keep_drafting: bool, lookahead_blocks, gamma):
+    """Drafts the drafter may hold once the target's prefill ended: ``lookahead_blocks x gamma``
+    ahead while it keeps drafting (parallel_sd), else none (it stops)."""
+    return lookahead_blocks * gamma if keep_drafting else 0 * gamma
+
+
+def draft_cap(target_prefilled, window_budget, after_prefill):
+    """Drafts the drafter may hold ahead of the committed tokens: the window budget until the
+    target's prefill ends, then ``after_prefill``."""
+    if isinstance(target_prefilled, np.ndarray):
+        return np.where(target_prefilled, after_prefill, window_budget)
+    return after_prefill if target_prefilled else window_budget
+
+
+def drafter_exits(stopped, committed, n_tokens):
+    """The drafter loop ends: stopped, or every token committed."""
+    return stopped | (committed >= n_tokens)
+
+
+def drafter_drafts(drafter_pos, committed, cap, n_tokens):
+    """The drafter drafts one more token: fewer than ``cap`` waiting and not at position N."""
+    _, hi = _ops(drafter_pos, committed)
+    return (hi(0, drafter_pos - committed) < cap) & (drafter_pos < n_tokens)
+
+
+def draft_limit(committed, cap, n_tokens):
+    """The furthest position the drafter may draft to (with drafter_pos >= committed,
+    :func:`drafter_drafts` is drafter_pos < this)."""
+    lo, _ = _ops(committed, cap, n_tokens)
+    return lo(committed + cap, n_tokens)

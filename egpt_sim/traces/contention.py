@@ -1,0 +1,437 @@
+"""Contention: how much the two models slow each other, by what the *peer* is doing.
+
+One rate model (used by :mod:`egpt_sim.sim.gpu` and :mod:`egpt_sim.fast` alike): while an
+activity of ``role`` at measured ``stage`` runs beside an activity of the other role
+whose measured stage is ``peer_activity``, it progresses at
+``1 / contention_factor(role, stage, peer_activity)`` of its alone speed (rate 1 with no
+peer). Two effects, each a :class:`ContentionModel` over the same keys:
+
+* **GPU contention** (``n_gpus == 1``): both models on one GPU, fitted from
+  ``placement == "shared_gpu"`` rows of the simulated concurrency.
+* **Host contention** (``n_gpus >= 2``): two models as two *threads* of one interpreter
+  slow each other even on separate GPUs (issue 11). Fitted from ``placement ==
+  "separate_gpu"`` rows with ``concurrency == "streams"``; with ``processes`` it is 1.0 by
+  rule (no shared interpreter).
+
+Fitting (:func:`fit_factors`), per (role, stage, peer_activity): factor = median of the
+contended rows' durations / median of their *reference* durations (ratio of medians),
+where a row's reference is, first available: rows of the same run and sample with the
+peer idle (``overlap_frac`` <= 0.05 or unknown), else ``alone`` rows of the same sample,
+else all ``alone`` rows of (role, stage); verify rows are matched by gamma. Rows with
+``overlap_frac >= 0.95`` are preferred when at least 3 are known. Factors below 1 are kept
+as measured. The 95 % interval is a bootstrap over recorded samples. Schema-1.0 rows
+(``peer_activity == "busy"``) get their peer activity *inferred* from ``start_ms``
+overlaps (:func:`infer_peer_activity`, the 1.1 definition: the peer stage overlapping
+the row most); rows without ``start_ms`` stay ``busy`` and only give a (role, stage,
+``any``) factor, which then stands for every peer activity ("measured, any peer").
+
+A factor that was not measured is resolved by ``SimConfig.contention_missing``
+(:func:`resolve`): ``"error"`` raises; ``"assume:<x>"`` uses x; ``"pooled"`` (default)
+borrows, in order, the (role, stage) factor pooled over peer activities, the sibling
+token-pass stage (``decode_step`` <-> ``verify``) with the same peer, then pooled, then
+the median of the role's measured factors. Every borrowed or assumed value is labelled
+``assumed`` in :meth:`ContentionModel.table` and in :meth:`ContentionModel.header`.
+Host contention with no ``separate_gpu`` rows at all is an explicit assumption of 1.0
+under ``"pooled"`` (today's behaviour, labelled).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .schema import TraceError
+
+# the simulator's GPU activities, by role, as measured stage names
+ROLE_STAGES = {"target": ("vision_encode", "prefill", "verify", "decode_step"),
+               "drafter": ("vision_encode", "prefill", "decode_step")}
+GPU_STAGES = ("vision_encode", "prefill", "decode_step", "verify")
+ANY_PEER = "any"
+IDLE = ("none", "")
+_ACTIVITY_TO_STAGE = {"draft_step": "decode_step"}  # simulator activity -> measured stage
+_SIBLING = {"decode_step": "verify", "verify": "decode_step"}  # token passes over the KV cache
+_FULL_OVERLAP, _NO_OVERLAP = 0.95, 0.05
+MIN_ROWS = 3  # a key with fewer contended rows counts as not measured
+_BOOTSTRAP = 200
+MISSING_POLICIES = ("error", "pooled", "assume:<x>")
+
+
+def measured_stage(activity: str) -> str:
+    """The measured stage name of a simulator activity (the ONE mapping: ``draft_step``
+    is a drafter ``decode_step``; every other activity is named as measured)."""
+    return _ACTIVITY_TO_STAGE.get(activity, activity)
+
+
+def peer_of(role: str) -> str:
+    return "drafter" if role == "target" else "target"
+
+
+def parse_missing(missing: str) -> float | None:
+    """``"assume:<x>"`` -> x; ``"error"`` / ``"pooled"`` -> None; else ValueError."""
+    if missing in ("error", "pooled"):
+        return None
+    if isinstance(missing, str) and missing.startswith("assume:"):
+        try:
+            x = float(missing.split(":", 1)[1])
+        except ValueError:
+            x = float("nan")
+        if x > 0:
+            return x
+    raise ValueError(f"contention_missing must be 'error', 'pooled' or 'assume:<x>' with x > 0 (got {missing!r})")
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One slow-down factor with its provenance (value 1 = no slow-down)."""
+
+    value: float
+    basis: str  # "measured" | "measured (any peer)" | "assumed"
+    note: str = ""
+    n_rows: int = 0
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
+
+    @property
+    def measured(self) -> bool:
+        return self.basis.startswith("measured")
+
+
+@dataclass(frozen=True)
+class ContentionModel:
+    """Slow-down factors of one contention domain (``gpu``, ``host`` or ``none``).
+
+    ``factors[(role, stage, peer_activity)]`` covers every key the simulator can ask
+    (:data:`ROLE_STAGES` x the peer's stages); ``pooled[(role, stage)]`` is the factor
+    pooled over peer activities (for summary tables).
+    """
+
+    factors: Mapping[tuple[str, str, str], Factor] = field(default_factory=dict)
+    domain: str = "none"
+    source: str = "none"
+    missing: str = "pooled"
+    pooled: Mapping[tuple[str, str], Factor] = field(default_factory=dict)
+
+    def contention_factor(self, role: str, stage: str, peer_activity: str) -> float:
+        """Slow-down of ``role``'s ``stage`` while the peer runs ``peer_activity`` (1 when
+        the peer is idle or the domain has no contention)."""
+        if self.domain == "none" or peer_activity in IDLE:
+            return 1.0
+        key = (role, measured_stage(stage), measured_stage(peer_activity))
+        f = self.factors.get(key)
+        if f is None:
+            raise ValueError(f"contention: no factor for {key} in the {self.domain} model ({self.source})")
+        return f.value
+
+    def factor(self, role: str, stage: str, peer_activity: str = ANY_PEER) -> float:
+        """:meth:`contention_factor`; ``peer_activity="any"`` gives the pooled factor."""
+        if peer_activity == ANY_PEER and self.domain != "none":
+            f = self.pooled.get((role, measured_stage(stage)))
+            return 1.0 if f is None else f.value
+        return self.contention_factor(role, stage, peer_activity)
+
+    @property
+    def is_trivial(self) -> bool:
+        """True when every factor is 1 (activities never slow each other)."""
+        return all(f.value == 1.0 for f in self.factors.values())
+
+    def scaled(self, excess_scale: float) -> "ContentionModel":
+        """What-if: scale the excess slow-down (factor - 1) of every factor by ``excess_scale``."""
+        if excess_scale == 1.0:
+            return self
+
+        def sc(f: Factor) -> Factor:
+            lo, hi = (1.0 + (x - 1.0) * excess_scale for x in (f.ci_low, f.ci_high))
+            return replace(f, value=1.0 + (f.value - 1.0) * excess_scale, ci_low=lo, ci_high=hi)
+
+        return replace(self, factors={k: sc(f) for k, f in self.factors.items()},
+                       pooled={k: sc(f) for k, f in self.pooled.items()},
+                       source=f"{self.source} x{excess_scale:g}")
+
+    @staticmethod
+    def none(source: str = "none") -> "ContentionModel":
+        return ContentionModel({}, "none", source)
+
+    def assumptions(self) -> list[str]:
+        """One line per assumed (not measured) factor."""
+        return [f"{r}/{s} beside {p}: x{f.value:.3g} ({f.note})"
+                for (r, s, p), f in sorted(self.factors.items()) if not f.measured]
+
+    def header(self) -> str:
+        """One line for result headers: domain, source, measured vs assumed count."""
+        if self.domain == "none":
+            return f"contention: none ({self.source})"
+        n = len(self.factors)
+        m = sum(f.measured for f in self.factors.values())
+        head = f"{self.domain} contention: {self.source}; {m} of {n} factors measured"
+        if m < n:
+            notes = {f.note for f in self.factors.values() if not f.measured}
+            why = (f"contention_missing='{self.missing}'" if any(x.startswith("pooled") for x in notes)
+                   else "; ".join(sorted(notes)))
+            head += f", {n - m} assumed ({why}; see .table())"
+        return head
+
+    def table(self, by_peer: bool = True) -> pd.DataFrame:
+        """Factors with provenance: role, stage[, peer_activity], contention_factor,
+        measured, basis, n_rows, ci_low, ci_high, note. ``by_peer=False``: one row per
+        (role, stage), the factor pooled over peer activities."""
+        items = (((r, s, p), f) for (r, s, p), f in sorted(self.factors.items())) if by_peer else \
+            (((r, s), f) for (r, s), f in sorted(self.pooled.items()))
+        rows = []
+        for key, f in items:
+            row = {"role": key[0], "stage": key[1]} | ({"peer_activity": key[2]} if by_peer else {})
+            rows.append(row | {"contention_factor": f.value, "measured": f.measured, "basis": f.basis,
+                               "n_rows": f.n_rows, "ci_low": f.ci_low, "ci_high": f.ci_high,
+                               "note": f.note, "domain": self.domain})
+        cols = ["role", "stage"] + (["peer_activity"] if by_peer else []) + [
+            "contention_factor", "measured", "basis", "n_rows", "ci_low", "ci_high", "note", "domain"]
+        return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------- peer activity
+
+
+def infer_peer_activity(rows: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``peer_activity`` / ``overlap_frac`` of concurrent rows from ``start_ms``.
+
+    For rows of ``shared_gpu`` / ``separate_gpu`` runs whose ``overlap_frac`` is unknown
+    (schema 1.0), the overlap with the other role's GPU spans of the same run and sample
+    is computed; a ``busy`` row gets the peer stage with the largest overlap (the 1.1
+    definition). Rows without ``start_ms`` keep what they had. Adds a boolean column
+    ``peer_inferred``.
+    """
+    out = rows.copy()
+    out["peer_inferred"] = False
+    conc = out[(out["placement"] != "alone") & out["overlap_frac"].isna() & out["start_ms"].notna()
+               & out["stage"].isin(GPU_STAGES)]
+    if conc.empty:
+        return out
+    pa = out["peer_activity"].astype(object).to_numpy().copy()
+    of = out["overlap_frac"].to_numpy(dtype=float).copy()
+    inferred = np.zeros(len(out), dtype=bool)
+    for _, g in conc.groupby(["run_id", "sample_id"], sort=False):
+        pos = out.index.get_indexer(g.index)
+        start = g["start_ms"].to_numpy(float)
+        end = start + g["duration_ms"].to_numpy(float)
+        role = g["role"].to_numpy(object)
+        code = np.array([GPU_STAGES.index(x) for x in g["stage"]], dtype=np.int64)
+        for j in range(len(g)):
+            peer = role != role[j]
+            ov = np.clip(np.minimum(end[peer], end[j]) - np.maximum(start[peer], start[j]), 0.0, None)
+            dur, tot = end[j] - start[j], ov.sum()
+            p = pos[j]
+            of[p] = min(1.0, tot / dur) if dur > 0 else 0.0
+            if pa[p] == "busy" and tot > 0:
+                pa[p] = GPU_STAGES[int(np.argmax(np.bincount(code[peer], weights=ov, minlength=len(GPU_STAGES))))]
+                inferred[p] = True
+    out["peer_activity"] = pd.array(pa, dtype="string")
+    out["overlap_frac"] = of
+    out["peer_inferred"] = inferred
+    return out
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _reference_lookup(rows: pd.DataFrame, placement: str, concurrency: str) -> dict:
+    """Reference durations by key: same run & sample with the peer idle, alone by sample,
+    alone pooled (verify keyed by gamma, other stages by gamma 0)."""
+    conc = rows[(rows["placement"] == placement) & rows["peer_activity"].isin(IDLE)
+                & ~(rows["overlap_frac"] > _NO_OVERLAP)]
+    if concurrency != "any":
+        conc = conc[conc["concurrency"] == concurrency]
+    alone = rows[rows["placement"] == "alone"]
+    dur = "duration_ms"
+    return {
+        "same run": conc.groupby(["run_id", "sample_id", "role", "stage", "gamma"])[dur].median().to_dict(),
+        "alone, same sample": alone.groupby(["sample_id", "role", "stage", "gamma"])[dur].median().to_dict(),
+        "alone, pooled": alone.groupby(["role", "stage", "gamma"])[dur].median().to_dict(),
+    }
+
+
+def _references(busy: pd.DataFrame, lookup: dict) -> tuple[np.ndarray, list[str]]:
+    """Per contended row: its reference duration (ms) and which kind was used."""
+    ref = np.full(len(busy), np.nan)
+    kind = [""] * len(busy)
+    keys = zip(busy["run_id"], busy["sample_id"], busy["role"], busy["stage"], busy["gamma"])
+    for i, (run, sid, role, stage, gam) in enumerate(keys):
+        for name, k in (("same run", (run, sid, role, stage, gam)), ("alone, same sample", (sid, role, stage, gam)),
+                        ("alone, pooled", (role, stage, gam))):
+            v = lookup[name].get(k)
+            if v is not None and v > 0:
+                ref[i], kind[i] = v, name
+                break
+    return ref, kind
+
+
+def _ratio_with_ci(dur: np.ndarray, ref: np.ndarray, cluster: np.ndarray, seed: int) -> tuple[float, float, float]:
+    """median(dur) / median(ref), with a 95 % bootstrap interval over clusters (samples)."""
+    value = float(np.median(dur) / np.median(ref))
+    labels, inv = np.unique(cluster, return_inverse=True)
+    if len(labels) < 2:
+        return value, float("nan"), float("nan")
+    groups = [np.flatnonzero(inv == c) for c in range(len(labels))]
+    rng = np.random.default_rng(seed)
+    reps = np.empty(_BOOTSTRAP)
+    for b in range(_BOOTSTRAP):
+        idx = np.concatenate([groups[c] for c in rng.integers(len(groups), size=len(groups))])
+        reps[b] = np.median(dur[idx]) / np.median(ref[idx])
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    return value, float(lo), float(hi)
+
+
+def _fit_one(sel: pd.DataFrame, ref: np.ndarray, kinds: list[str], key: tuple) -> Factor | None:
+    """The factor of one key from its contended rows (prefers full-overlap rows)."""
+    ok = np.isfinite(ref)
+    ofr = sel["overlap_frac"].to_numpy(float)
+    full = ok & (ofr >= _FULL_OVERLAP)
+    use = full if full.sum() >= MIN_ROWS else ok
+    if use.sum() < MIN_ROWS:
+        return None
+    dur = sel["duration_ms"].to_numpy(float)[use]
+    cluster = (sel["run_id"].astype(str) + "/" + sel["sample_id"].astype(str)).to_numpy()[use]
+    value, lo, hi = _ratio_with_ci(dur, ref[use], cluster, zlib.crc32(repr(key).encode()))
+    used = pd.Series(np.asarray(kinds, dtype=object)[use]).value_counts()
+    note = "reference: " + ", ".join(f"{k} {n}" for k, n in used.items())
+    if full.sum() >= MIN_ROWS:
+        note += f"; overlap >= {_FULL_OVERLAP:g} rows only"
+    return Factor(value, "measured", note, int(use.sum()), lo, hi)
+
+
+def fit_factors(rows: pd.DataFrame, placement: str, concurrency: str, label: str) -> "Fit":
+    """Measured factors from ``placement`` rows of ``concurrency`` (``any``: pooled).
+
+    ``rows``: OK stage rows after :func:`infer_peer_activity`; ``label`` names the trace
+    set in provenance. Unmeasured keys are left out (see :func:`resolve`).
+    """
+    busy = rows[(rows["placement"] == placement) & ~rows["peer_activity"].isin(IDLE)
+                & rows["stage"].isin(GPU_STAGES)]
+    if concurrency != "any":
+        busy = busy[busy["concurrency"] == concurrency]
+    how = f"{placement}/{concurrency} rows of {label}"
+    by_peer, pooled, unrecorded = {}, {}, set()
+    if busy.empty:
+        return Fit(by_peer, pooled, unrecorded, how, 0)
+    ref, kinds = _references(busy, _reference_lookup(rows, placement, concurrency))
+    for (role, stage), g in busy.groupby(["role", "stage"], sort=True):
+        m = busy.index.get_indexer(g.index)
+        f = _fit_one(g, ref[m], [kinds[i] for i in m], (role, stage, ANY_PEER))
+        if f is not None:
+            pooled[(role, stage)] = f
+        peers = g["peer_activity"].astype(str)
+        if (peers == "busy").all():
+            unrecorded.add((role, stage))
+        for peer, gp in g[peers != "busy"].groupby("peer_activity", sort=True):
+            mp = busy.index.get_indexer(gp.index)
+            f = _fit_one(gp, ref[mp], [kinds[i] for i in mp], (role, stage, str(peer)))
+            if f is not None:
+                by_peer[(role, stage, str(peer))] = f
+    inferred = bool(busy["peer_inferred"].any()) if "peer_inferred" in busy else False
+    return Fit(by_peer, pooled, unrecorded, how, int(len(busy)), inferred, _run_drift(rows, placement, concurrency))
+
+
+def _run_drift(rows: pd.DataFrame, placement: str, concurrency: str) -> str:
+    """Diagnostic: the target's decode step with the peer idle in the concurrent runs vs
+    ``alone`` (same samples). Far from 1 means the runs drifted (eager decode is host
+    bound), which factors referenced to ``alone`` rows carry."""
+    conc = rows[(rows["placement"] == placement) & rows["peer_activity"].isin(IDLE)
+                & (rows["role"] == "target") & (rows["stage"] == "decode_step")]
+    if concurrency != "any":
+        conc = conc[conc["concurrency"] == concurrency]
+    alone = rows[(rows["placement"] == "alone") & (rows["role"] == "target") & (rows["stage"] == "decode_step")]
+    alone = alone[alone["sample_id"].isin(set(conc["sample_id"]))]
+    if conc.empty or alone.empty:
+        return ""
+    r = float(conc["duration_ms"].median() / alone["duration_ms"].median())
+    return f"run drift: target decode_step with the peer idle runs x{r:.2f} of alone"
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What was measured for one domain (input of :func:`resolve`)."""
+
+    by_peer: dict
+    pooled: dict
+    unrecorded: set
+    label: str  # e.g. "shared_gpu/processes rows of h100/fp16"
+    n_rows: int  # contended rows available (0: nothing measured)
+    inferred: bool = False
+    drift: str = ""
+
+
+def _borrow(key: tuple, fit: Fit) -> Factor | None:
+    """``pooled`` policy: the nearest measured factor for an unmeasured key (labelled)."""
+    role, stage, peer = key
+    sib = _SIBLING.get(stage)
+    chain = [(fit.pooled.get((role, stage)), f"{role}/{stage} pooled over peer activities")]
+    if sib:
+        chain += [(fit.by_peer.get((role, sib, peer)), f"{role}/{sib} beside {peer}"),
+                  (fit.pooled.get((role, sib)), f"{role}/{sib} pooled over peer activities")]
+    for f, note in chain:
+        if f is not None:
+            return Factor(f.value, "assumed", f"pooled: {note}", 0, f.ci_low, f.ci_high)
+    mine = [f.value for (r, _, _), f in fit.by_peer.items() if r == role] + \
+           [f.value for (r, _), f in fit.pooled.items() if r == role]
+    if mine:
+        return Factor(float(np.median(mine)), "assumed", f"pooled: median of {role}'s measured factors")
+    return None
+
+
+def resolve(fit: Fit, missing: str, domain: str) -> ContentionModel:
+    """The full factor grid of one domain, unmeasured keys resolved by ``missing``."""
+    assume = parse_missing(missing)
+    factors = {}
+    for role, stages in ROLE_STAGES.items():
+        for stage in stages:
+            for peer in ROLE_STAGES[peer_of(role)]:
+                key = (role, stage, peer)
+                f = fit.by_peer.get(key)
+                if f is None and (role, stage) in fit.unrecorded and (role, stage) in fit.pooled:
+                    f = replace(fit.pooled[(role, stage)], basis="measured (any peer)",
+                                note=fit.pooled[(role, stage)].note + "; peer activity not recorded")
+                if f is None:
+                    f = _missing(key, fit, missing, assume, domain)
+                factors[key] = f
+    pooled = {}
+    for role, stages in ROLE_STAGES.items():
+        for stage in stages:
+            f = fit.pooled.get((role, stage))
+            pooled[(role, stage)] = f if f is not None else Factor(
+                float(np.median([factors[(role, stage, p)].value for p in ROLE_STAGES[peer_of(role)]])),
+                "assumed", "median over peer activities of the resolved factors")
+    src = f"fitted from {fit.label}" if fit.n_rows else f"not measured (no {fit.label})"
+    if fit.inferred:
+        src += " (peer activity inferred from start_ms)"
+    if fit.drift:
+        src += f" [{fit.drift}]"
+    return ContentionModel(factors, domain, src, missing, pooled)
+
+
+def uniform_model(value: float, domain: str, source: str, note: str, missing: str = "pooled") -> ContentionModel:
+    """Every key at ``value``, labelled assumed with ``note`` (e.g. host contention of processes)."""
+    f = Factor(float(value), "assumed", note)
+    keys = [(r, s, p) for r, stages in ROLE_STAGES.items() for s in stages for p in ROLE_STAGES[peer_of(r)]]
+    return ContentionModel({k: f for k in keys}, domain, source, missing,
+                           {(r, s): f for r, stages in ROLE_STAGES.items() for s in stages})
+
+
+def _missing(key: tuple, fit: Fit, missing: str, assume: float | None, domain: str) -> Factor:
+    if assume is not None:
+        return Factor(assume, "assumed", f"contention_missing='{missing}'")
+    role, stage, peer = key
+    what = f"{domain} contention factor ({role}, {stage}, peer {peer}) was not measured ({fit.label})"
+    if missing == "error":
+        raise ValueError(f"{what}; set SimConfig.contention_missing to 'pooled' or 'assume:<x>'")
+    f = _borrow(key, fit)
+    if f is not None:
+        return f
+    if domain == "host":
+        return Factor(1.0, "assumed", "host contention not measured: assumed 1.0")
+    raise TraceError(f"{what}: column 'placement' has no contended rows for role {role!r}; "
+                     "pass contention='none' or contention_missing='assume:<x>'")
