@@ -43,7 +43,7 @@ def _pct(v) -> dict[str, float]:
 def measure_backend(name: str, a, sample) -> dict:
     """All figures of one backend (see module docstring)."""
     pipe = build_pipeline("target", a.source, dtype=a.dtype, device=a.device, backend=name, seed=0,
-                          compile_backend=a.compile_backend)
+                          compile_backend=a.compile_backend, sdpa_backends=a.sdpa)
     emb = pipe.vision_encode(pipe.preprocess(pipe.load(sample), sample.query))
     timer = StageTimer(pipe.device, Clock((pipe.device,)))
     cache, tok = act.prefill_first_token(pipe, emb)
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default=None, help="default: fp16 on CUDA, fp32 on the CPU")
     ap.add_argument("--backends", default=None, help="default: eager,static,graphs,compiled (CPU: no compiled)")
     ap.add_argument("--compile-backend", default="inductor")
+    ap.add_argument("--sdpa", default="no-cudnn", help="SDPA kernels (measure.models.configure_sdpa): no-cudnn, "
+                    "default (torch's choice, cuDNN included), flash, efficient, math")
     ap.add_argument("--gammas", default="1,2,4,8,16,32,64")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--skip", type=int, default=20, help="first decode steps / verify reps not summarised")
