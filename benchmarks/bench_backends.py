@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default=None, help="default: fp16 on CUDA, fp32 on the CPU")
     ap.add_argument("--backends", default=None, help="default: eager,static,graphs,compiled (CPU: no compiled)")
     ap.add_argument("--compile-backend", default="inductor")
-    ap.add_argument("--sdpa", default="no-cudnn", help="SDPA kernels (measure.models.configure_sdpa): no-cudnn, "
+    ap.add_argument("--sdpa", default="auto", help="SDPA kernels (measure.models.resolve_sdpa): auto, no-cudnn, "
                     "default (torch's choice, cuDNN included), flash, efficient, math")
     ap.add_argument("--gammas", default="1,2,4,8,16,32,64")
     ap.add_argument("--steps", type=int, default=120)

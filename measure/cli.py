@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drafter-device", default=None, help="drafter device of every placement (default: the target's)")
     s.add_argument("--separate-device", default="cuda:1", help="drafter device of separate_gpu runs")
     s.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, ...)")
-    s.add_argument("--sdpa", default="no-cudnn", help="SDPA kernels: no-cudnn (default), default, flash, "
-                   "efficient, math (see measure.models.configure_sdpa)")
+    s.add_argument("--sdpa", default="auto", help="SDPA kernels: auto (default: no-cudnn for eager, torch's "
+                   "default for static backends), no-cudnn, default, flash, efficient, math (measure.models.resolve_sdpa)")
     s.add_argument("--video-decoder", choices=("auto", "pyav", "opencv"), default="auto")
     s.add_argument("--run-prefix", default="", help="prefix of the run ids")
     s.add_argument("--resume", action="store_true", help="skip samples already written for a run")

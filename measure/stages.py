@@ -456,7 +456,7 @@ class RunPlan:
     drafter_device: str | None = None  # every placement's drafter device (default: the target's)
     separate_device: str = "cuda:1"    # the drafter's device in separate_gpu runs (unless drafter_device)
     attn_implementation: str = "sdpa"
-    sdpa_backends: str = "no-cudnn"
+    sdpa_backends: str = "auto"
     video_decoder: str = "auto"
     backend: str = "eager"
     compile_backend: str = "inductor"

@@ -14,7 +14,7 @@ if not (importlib.util.find_spec("av") or importlib.util.find_spec("cv2")):
 
 from measure import presets, provenance, timing  # noqa: E402
 from measure.dataset import load_dataset  # noqa: E402
-from measure.models import ROLES, build_pipeline, configure_sdpa  # noqa: E402
+from measure.models import ROLES, build_pipeline, configure_sdpa, resolve_sdpa  # noqa: E402
 from measure.synthetic import SynthConfig, generate  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -170,6 +170,17 @@ def test_sdpa_configuration_is_recorded(pipes):
     assert pipes["target"].info["sdpa_enabled"]["cudnn"] is False
     with pytest.raises(ValueError):
         configure_sdpa("fastest")
+
+
+def test_sdpa_auto_keeps_cudnn_off_for_eager_only():
+    assert resolve_sdpa("auto", "eager") == "no-cudnn"
+    assert {resolve_sdpa("auto", b) for b in ("static", "graphs", "compiled")} == {"default"}
+    assert resolve_sdpa("math", "graphs") == "math"  # an explicit choice wins
+    configure_sdpa("no-cudnn")
+    assert configure_sdpa("default")["cudnn"] is True  # "default" undoes an earlier process-wide choice
+    configure_sdpa("no-cudnn")
+    with pytest.raises(ValueError):
+        configure_sdpa("auto")  # resolved by build_pipeline, never applied as such
 
 
 def test_run_metadata_has_the_schema_keys(pipes):

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..sim.config import SimConfig
 from ..sim.draws import DrawBank
-from ..sim.rules import contention_for
+from ..sim.rules import contention_for, cpu_lane_for
 from ..sim.runner import (
     REQUEST_COLUMNS,
     TIMELINE_COLUMNS,
@@ -132,7 +132,8 @@ def simulate_fast(cfg: SimConfig, traces: TraceSet, bank: DrawBank | None = None
     traces = scenario_traces(cfg, traces)
     arr = simulate_arrays(cfg, traces, bank, aggregate=aggregate)
     return SimResult(cfg, _frame(cfg, arr), pd.DataFrame(columns=list(TIMELINE_COLUMNS)),
-                     _provenance(traces), contention_for(cfg, traces), time_source_detail(traces))
+                     _provenance(traces), contention_for(cfg, traces), time_source_detail(traces),
+                     cpu_lane_for(cfg, traces).describe())
 
 
 def summarize_arrays(a: dict) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 from ..sim import rules
 from ..sim.config import SimConfig
 from ..sim.draws import DrawBank
-from ..sim.rules import contention_for
+from ..sim.rules import contention_for, cpu_lane_for
 from ..traces.traceset import PREFILL_PHASE_STAGES, TraceSet
 from .cache import _acc_key, _bank_cache, _plan, _source
 
@@ -27,6 +27,7 @@ class _Batch:
         self.cfgs = cfgs
         self.strategy = c0.strategy
         self.contention = [contention_for(c, traces) for c in cfgs]
+        self.lanes = [cpu_lane_for(c, traces) for c in cfgs]
         self.shared = _contended(c0, self.contention[0])  # the two roles can slow each other
         self.bc = _bank_cache(bank)
         self.bank = bank

@@ -46,7 +46,7 @@ class _Window:
     """The window engine's state: one row per request of a batch (see the module docstring)."""
 
     __slots__ = (
-        "b", "bc", "R", "req", "sid", "Nr", "gr", "keep_drafting", "cap_after", "shared", "phase_t", "phase_d",
+        "b", "bc", "R", "req", "sid", "Nr", "gr", "keep_drafting", "cap_after", "shared", "phase_t", "phase_d", "serial",
         "rt_pair", "rd_pair", "vtab", "td", "rt", "dd", "dd_width", "dd_lo", "budget",
         "now", "latency", "tpc", "tw", "tgpu", "kcur", "dpc", "dw", "dgpu",
         "committed", "dpos", "run_end", "runs_used", "generation", "step_gen", "stopped", "tpref",
@@ -59,7 +59,11 @@ class _Window:
         self.Nr, self.gr, self.shared = b.Nr, b.gr, b.shared
         self.keep_drafting = b.strategy == "parallel_sd"
         self.cap_after = rules.after_prefill_cap(self.keep_drafting, b.lb_r, b.gr)
-        self.phase_t, self.phase_d = b.phase_t, b.phase_d
+        # the CPU lane of each scenario: CPU stages x its factors, and serial or overlapping
+        mult = {r: np.array([ln.multipliers(r, PREFILL_PHASE_STAGES) for ln in b.lanes]) for r in ("target", "drafter")}
+        self.phase_t = rules.lane_phase_ms(b.phase_t, mult["target"][b.sid])
+        self.phase_d = rules.lane_phase_ms(b.phase_d, mult["drafter"][b.sid])
+        self.serial = np.array([ln.mode == "serial" for ln in b.lanes])[b.sid]
         self.rt_pair, self.rd_pair = b.rt_pair, b.rd_pair
         self.vtab = b.vtab
         self.td = b.bc.stream("target_decode", max(b.Nmax - 1, 1))
@@ -78,9 +82,9 @@ class _Window:
         i64 = dict(dtype=np.int64)
         self.now, self.latency = np.zeros(R), np.full(R, np.nan)
         self.tpc, self.kcur, self.dpc = np.zeros(R, **i64), np.zeros(R, **i64), np.zeros(R, **i64)
-        # CPU lane: the target's load starts when the drafter's CPU stages end, so its first
-        # CPU stage carries that wait
-        self.tw = rules.cpu_stages_ms(self.phase_d) + self.phase_t[:, 0]
+        # serial CPU lane: the target's load starts when the drafter's CPU stages end, so its
+        # first CPU stage carries that wait (none on an overlapping lane)
+        self.tw = rules.lane_wait_ms(self.serial, self.phase_d) + self.phase_t[:, 0]
         self.dw = self.phase_d[:, 0].copy()
         self.tgpu, self.dgpu = np.full(R, _GPU_STAGE[0]), np.full(R, _GPU_STAGE[0])
         if _GPU_STAGE[0]:

@@ -42,7 +42,7 @@ from ..sim import strategies
 from ..sim.budget import planning_inputs
 from ..sim.gpu import Gpu, contended_rate
 from ..sim.processes import RequestContext
-from ..sim.rules import contention_for
+from ..sim.rules import contention_for, cpu_lane_for
 from ..sim.runner import draw_bank, run_request
 from ..traces.acceptance import make_source
 from ..traces.traceset import TraceSet
@@ -118,7 +118,7 @@ class _Serving:
         self.lengths = output_lengths(cfg.output_len, cfg.n_requests, cfg.seed)
         rcfg = cfg.request_config(make_length_dist(cfg.output_len).max_tokens)
         self.source = make_source(cfg.acceptance, traces)
-        self.contention = contention_for(rcfg, traces)
+        self.contention, self.lane = contention_for(rcfg, traces), cpu_lane_for(rcfg, traces)
         self.plan = planning_inputs(rcfg, traces, self.source, self.contention) \
             if rcfg.strategy == "adaptive_budget" else None
         self._cfgs: dict = {}
@@ -175,7 +175,7 @@ def serve_private_clock(sv: _Serving, rep: Replica, req: Request):
     """Service = :func:`run_request` on this request's draws (the replica owns its GPUs)."""
     timeline: list = []
     row = run_request(sv.request_cfg(req.output_tokens), sv.bank.request(req.request_id), sv.source,
-                      sv.contention, sv.plan, timeline)
+                      sv.contention, sv.plan, timeline, sv.lane)
     gpu_of = {0: rep.target_gpu, 1: rep.drafter_gpu}
     for private, real in gpu_of.items():
         spans = sorted((s, e) for (_, _, _, s, e, g, _) in timeline if g == private)
@@ -306,7 +306,8 @@ def mean_service_ms(cfg: ServingConfig, traces: TraceSet) -> float:
     bank, source = draw_bank(rcfg, traces), make_source(cfg.acceptance, traces)
     cont = contention_for(rcfg, traces)
     plan = planning_inputs(rcfg, traces, source, cont) if rcfg.strategy == "adaptive_budget" else None
-    lat = [run_request(pilot.request_config(int(lengths[i])), bank.request(i), source, cont, plan)["latency_ms"]
+    lane = cpu_lane_for(rcfg, traces)
+    lat = [run_request(pilot.request_config(int(lengths[i])), bank.request(i), source, cont, plan, None, lane)["latency_ms"]
            for i in range(n)]
     return float(np.mean(lat))
 

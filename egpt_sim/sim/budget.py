@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..traces.contention import ContentionModel
-from ..traces.traceset import TraceSet
+from ..traces.traceset import PREFILL_PHASE_STAGES, TraceSet
 from . import rules
 from .config import SimConfig
 
@@ -25,6 +25,8 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
     factors — and adaptive_budget's window budget, the same for every request
     (:func:`egpt_sim.sim.budget.window_budget_plan`)."""
     cpu = 1.0 if cfg.include_cpu_stages else 0.0
+    lane = rules.cpu_lane_for(cfg, traces)
+    mult = {r: lane.multipliers(r, PREFILL_PHASE_STAGES) for r in ("target", "drafter")}
     tabs = traces.sample_tables
     t, d = tabs["target"], tabs["drafter"]
     gam, vmed, _ = traces.verify_curve
@@ -39,10 +41,13 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
         dp = d.phase_ms[j] if j >= 0 else d_mean
         ds = d_step[d.own_decode[j]] if j >= 0 and d.own_decode[j] >= 0 else float(np.mean(d_step))
         ts = t_step[t.own_decode[i]] if t.own_decode[i] >= 0 else float(np.mean(t_step))
+        dl = rules.lane_phase_ms(dp, mult["drafter"])
         samples.append({
-            "target_cpu_ms": float(rules.cpu_stages_ms(t.phase_ms[i])) * cpu,
+            "target_cpu_ms": float(rules.cpu_stages_ms(t.phase_ms[i])) * cpu,  # alone (target_only)
+            "target_lane_cpu_ms": float(rules.cpu_stages_ms(rules.lane_phase_ms(t.phase_ms[i], mult["target"]))) * cpu,
+            "target_wait_ms": float(rules.lane_wait_ms(lane.mode == "serial", dl)) * cpu,
             "target_vision_ms": float(t.phase_ms[i, 2]), "target_prefill_ms": float(t.phase_ms[i, 3]),
-            "drafter_cpu_ms": float(rules.cpu_stages_ms(dp)) * cpu,  # the target's wait on the CPU lane
+            "drafter_cpu_ms": float(rules.cpu_stages_ms(dl)) * cpu,  # when the drafter's GPU stages start
             "drafter_vision_ms": float(dp[2]) / cfg.drafter_speed,
             "drafter_prefill_ms": float(dp[3]) / cfg.drafter_speed,
             "drafter_step_ms": float(ds) / cfg.drafter_speed, "target_decode_ms": float(ts),
@@ -69,34 +74,31 @@ def _pair_ms(a_ms: float, r_ms: float, f_a: float, f_r: float) -> float:
 def expected_window(plan: dict, b: int) -> tuple[float, int, float]:
     """Timeline of the prefill window with budget ``b >= 1`` for one sample's times.
 
-    A fluid replay of the two prefill phases and ``b - 1`` draft steps (CPU lane,
+    A fluid replay of the two prefill phases and ``b - 1`` draft steps (CPU lane of the plan,
     contention factors of ``plan["factor"]``). Returns (target prefill end ms,
     drafts held then incl. d1, work ms left of the drafter's step in flight then).
     """
     f = plan["factor"]
-    t_todo = [("vision_encode", plan["target_vision_ms"]), ("prefill", plan["target_prefill_ms"])]
-    d_todo = [("vision_encode", plan["drafter_vision_ms"]), ("prefill", plan["drafter_prefill_ms"])]
+    t_todo = [("cpu", plan["target_wait_ms"] + plan["target_lane_cpu_ms"]), ("vision_encode", plan["target_vision_ms"]),
+              ("prefill", plan["target_prefill_ms"])]
+    d_todo = [("cpu", plan["drafter_cpu_ms"]), ("vision_encode", plan["drafter_vision_ms"]),
+              ("prefill", plan["drafter_prefill_ms"])]
     d_todo += [("decode_step", plan["drafter_step_ms"])] * (b - 1)
-    now = plan["drafter_cpu_ms"]
-    t_start = now + plan["target_cpu_ms"]
-    t_cur, d_cur = None, list(d_todo.pop(0))
-    drafts = 0
+    now, drafts = 0.0, 0
+    t_cur, d_cur = list(t_todo.pop(0)), list(d_todo.pop(0))
     while True:
-        if t_cur is None and now >= t_start:
-            t_cur = list(t_todo.pop(0))
-        both = t_cur is not None and d_cur is not None
+        both = d_cur is not None and "cpu" not in (t_cur[0], d_cur[0])  # CPU stages never contend on the GPU
         rt = 1.0 / f("target", t_cur[0], d_cur[0]) if both else 1.0
         rd = 1.0 / f("drafter", d_cur[0], t_cur[0]) if both else 1.0
-        dt = min(t_cur[1] / rt if t_cur else t_start - now, d_cur[1] / rd if d_cur else np.inf)
+        dt = min(t_cur[1] / rt, d_cur[1] / rd if d_cur else np.inf)
         now += dt
-        if t_cur:
-            t_cur[1] -= dt * rt
+        t_cur[1] -= dt * rt
         if d_cur:
             d_cur[1] -= dt * rd
             if d_cur[1] <= 1e-9:
-                drafts += d_cur[0] != "vision_encode"  # prefill drafts d1, each step one more
+                drafts += d_cur[0] in ("prefill", "decode_step")  # prefill drafts d1, each step one more
                 d_cur = list(d_todo.pop(0)) if d_todo else None
-        if t_cur and t_cur[1] <= 1e-9:
+        if t_cur[1] <= 1e-9:
             if not t_todo:
                 return now, drafts, (d_cur[1] if d_cur and d_cur[0] == "decode_step" else 0.0)
             t_cur = list(t_todo.pop(0))

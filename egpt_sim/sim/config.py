@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from ..traces.contention import parse_missing
+from ..traces.contention import CPU_LANE_MODES, parse_missing
 
 STRATEGY_NAMES = (
     "target_only",
@@ -48,6 +48,10 @@ class SimConfig:
         borrow the nearest measured factor, labelled assumed), ``"error"``, or
         ``"assume:<x>"`` (e.g. ``"assume:1.0"``). Every result's ``contention``
         says which factors were measured and which assumed.
+    cpu_lane : how the CPU stages of two prefill phases that start together share the
+        host (:class:`egpt_sim.traces.contention.CpuLane`): ``"serial"`` (drafter first),
+        ``"overlap"`` (both at once, each slowed by its measured factor) or ``"auto"``
+        (overlap when the concurrent stage runs recorded overlapping CPU stages).
     drafter_speed : what-if speed-up of the drafter's GPU stages (vision, prefill,
         decode; times are divided). Its CPU stages keep their measured times.
     include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
@@ -84,6 +88,7 @@ class SimConfig:
     contention_scale: float = 1.0
     contention_concurrency: str = "auto"
     contention_missing: str = "pooled"
+    cpu_lane: str = "auto"
     drafter_speed: float = 1.0
     include_cpu_stages: bool = True
     lookahead_blocks: int = 2
@@ -120,6 +125,8 @@ class SimConfig:
             parse_missing(self.contention_missing)
         except ValueError:
             bad("contention_missing", "must be 'pooled', 'error' or 'assume:<x>' with x > 0")
+        if self.cpu_lane not in CPU_LANE_MODES:
+            bad("cpu_lane", f"must be one of {list(CPU_LANE_MODES)}")
         if self.contention_scale < 0:
             bad("contention_scale", "must be >= 0")
         if self.drafter_speed <= 0:

@@ -21,9 +21,10 @@ Token bookkeeping (positions 1..N of the answer):
 
 The rules — commit / re-sync, verify size, the drafter's cap, the CPU lane — are stated
 once in :mod:`egpt_sim.sim.rules`, which the fast engine (:mod:`egpt_sim.fast`) calls too.
-CPU lane: when a strategy runs both prefill phases at once, the target's load starts when
-the drafter's preprocess ends (:func:`cpu_lane_wait`; the measurement's barrier before stage
-3 only aligns the contention measurement and is not modelled).
+CPU lane (:func:`rules.cpu_lane_for`): when a strategy runs both prefill phases at once on a
+``serial`` lane, the target's load starts when the drafter's preprocess ends
+(:func:`cpu_lane_wait`); on an ``overlap`` lane both start at once and each CPU stage takes
+its alone time x the lane's factor.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from ..traces.contention import measured_stage
+from ..traces.contention import CpuLane, measured_stage
 from ..traces.schema import CPU_STAGES
 from ..traces.traceset import PREFILL_PHASE_STAGES
 from . import rules
@@ -77,7 +78,8 @@ class RequestContext:
     timeline: list[tuple] | None = None
     plan: dict | None = None  # expected (median) times for policies that plan ahead
     source: object = None  # AcceptanceSource mapping uniforms to run lengths
-    drafter_cpu_done: simpy.Event | None = None  # CPU lane: set when both prefills run at once
+    drafter_cpu_done: simpy.Event | None = None  # serial CPU lane: set when the drafter's CPU stages end
+    lane: CpuLane = field(default_factory=CpuLane)  # rules.cpu_lane_for(cfg, traces)
     _wakeup: simpy.Event | None = None
 
     # -- helpers ------------------------------------------------------------
@@ -146,9 +148,11 @@ def cpu_lane_wait(ctx: RequestContext, role: str):
 
 
 def prefill_phase(ctx: RequestContext, role: str):
-    """Stages 1-4 of one role (load, preprocess, vision_encode, prefill), CPU lane first."""
+    """Stages 1-4 of one role (load, preprocess, vision_encode, prefill), CPU lane first
+    (CPU stages x the lane's factors, :func:`rules.lane_phase_ms`)."""
     yield from cpu_lane_wait(ctx, role)
-    for name, ms in zip(PREFILL_PHASE_STAGES, ctx.draws.phase_ms[role]):
+    phase = rules.lane_phase_ms(ctx.draws.phase_ms[role], ctx.lane.multipliers(role, PREFILL_PHASE_STAGES))
+    for name, ms in zip(PREFILL_PHASE_STAGES, phase):
         yield from stage(ctx, role, name, ms, tokens=1 if name == "prefill" else 0)
         if role == "drafter" and name == CPU_STAGES[-1] and ctx.drafter_cpu_done is not None:
             ctx.drafter_cpu_done.succeed()

@@ -12,11 +12,12 @@ element-wise numpy operations, so the two get the same answer by construction
   largest factor over the peer's running GPU activities, 1 with no peer; CPU stages never
   contend). Work is alone-time ms: an activity with ``remaining`` ms of work runs
   ``remaining / rate`` ms of wall time (processor sharing).
-* **CPU lane** — the CPU stages (load, preprocess) of the two roles run one after the
-  other, drafter first, as ``measure.stages`` measures them: when both prefill phases run at
-  once, the target's load starts when the drafter's preprocess ends, after
-  :func:`cpu_stages_ms` of the drafter; each role's GPU stages start as soon as its own CPU
-  stages end. CPU stages never contend on the GPU.
+* **CPU lane** — when both prefill phases run at once (:func:`cpu_lane_for`): on a
+  ``serial`` lane the CPU stages (load, preprocess) of the two roles run one after the
+  other, drafter first (the target waits :func:`lane_wait_ms`, the drafter's CPU stages);
+  on an ``overlap`` lane both start at once, as the executor runs them, each CPU stage
+  taking its alone time x its measured factor (:func:`lane_phase_ms`). Each role's GPU
+  stages start as soon as its own CPU stages end. CPU stages never contend on the GPU.
 * **Commit / re-sync** — after each synchronisation at position ``c`` the acceptance
   source draws a run length R (``run_end = c + R``). A target pass over k drafts accepts
   ``L = min(run_end - committed, k)`` and commits L + 1 tokens (never past N); the drafter
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..traces.contention import ContentionModel
+from ..traces.contention import ContentionModel, CpuLane
 from ..traces.schema import CPU_STAGES
 
 EPS_MS = 1e-9  # a GPU activity with no more alone-time work than this takes no time
@@ -90,6 +91,32 @@ def contended_rate(model: ContentionModel, role: str, stage: str, peer_stages) -
             if worst is None or f > worst:
                 worst = f
     return 1.0 if worst is None else 1.0 / worst
+
+
+def cpu_lane_for(cfg, traces) -> CpuLane:
+    """The CPU lane of ``cfg`` (:class:`egpt_sim.traces.contention.CpuLane`): ``none`` for
+    strategies that never run both prefill phases at once; else ``cfg.cpu_lane``, where
+    ``auto`` takes what the concurrent stage runs of the domain measured."""
+    if cfg.strategy not in OVERLAPPING:
+        return CpuLane("none", {}, f"not applicable: {cfg.strategy} runs one prefill phase")
+    placement = "shared_gpu" if cfg.n_gpus == 1 else "separate_gpu"
+    if cfg.cpu_lane == "serial":
+        return CpuLane("serial", {}, "cpu_lane='serial'")
+    lane = traces.cpu_lane(placement, cfg.contention_concurrency)
+    if cfg.cpu_lane == "overlap" and lane.mode != "overlap":
+        return CpuLane("overlap", {}, f"cpu_lane='overlap', factors assumed 1 ({lane.source})")
+    return lane
+
+
+def lane_phase_ms(phase_ms, multipliers):
+    """Prefill-phase stage times (..., 4) of a role in its lane: CPU stages x their factor."""
+    return phase_ms * multipliers
+
+
+def lane_wait_ms(serial, drafter_phase_ms):
+    """How long the target's CPU stages wait for the drafter's: its CPU stages on a serial
+    lane, 0 on an overlapping one (``serial``: bool or bool array)."""
+    return np.where(serial, cpu_stages_ms(drafter_phase_ms), 0.0)
 
 
 def cpu_stages_ms(phase_ms):

@@ -22,7 +22,7 @@ import pandas as pd
 import simpy
 
 from ..traces.acceptance import source_for
-from ..traces.contention import ContentionModel
+from ..traces.contention import ContentionModel, CpuLane
 from ..traces.traceset import TraceSet
 from ..whatif.shapes import scenario_traces, time_source_of
 from . import strategies
@@ -31,7 +31,7 @@ from .config import SimConfig
 from .draws import DrawBank, RequestDraws
 from .gpu import Gpu
 from .processes import RequestContext
-from .rules import contention_for
+from .rules import contention_for, cpu_lane_for
 
 REQUEST_COLUMNS = (
     "request_id", "strategy", "n_gpus", "output_tokens", "gamma", "acceptance",
@@ -54,6 +54,7 @@ class SimResult:
     provenance: str
     contention: ContentionModel
     time_source_detail: str = "as recorded"
+    cpu_lane: str = "serial"  # rules.cpu_lane_for(...).describe()
 
     @property
     def contention_header(self) -> str:
@@ -61,7 +62,7 @@ class SimResult:
 
     def summary(self) -> dict:
         return summarize(self.requests) | {"provenance": self.provenance, "contention_factors": self.contention_header,
-                                           "time_source_detail": self.time_source_detail}
+                                           "time_source_detail": self.time_source_detail, "cpu_lane": self.cpu_lane}
 
 
 def summarize(requests: pd.DataFrame) -> dict:
@@ -88,13 +89,15 @@ def summarize(requests: pd.DataFrame) -> dict:
 
 
 def run_request(cfg: SimConfig, draws: RequestDraws, source, contention: ContentionModel,
-                plan: dict | None = None, timeline: list | None = None) -> dict:
-    """Simulate one request in its own environment; returns its result row."""
+                plan: dict | None = None, timeline: list | None = None, lane: CpuLane | None = None) -> dict:
+    """Simulate one request in its own environment; returns its result row (``lane``:
+    :func:`rules.cpu_lane_for`; None = a serial lane)."""
     env = simpy.Environment()
     target_gpu = Gpu(env, 0, contention)
     # two GPUs of one request share the host contention domain (rate 1 when it is trivial)
     drafter_gpu = target_gpu if cfg.n_gpus == 1 else Gpu(env, 1, contention, domain=target_gpu.domain)
-    ctx = RequestContext(env, cfg, draws, target_gpu, drafter_gpu, timeline=timeline, plan=plan, source=source)
+    ctx = RequestContext(env, cfg, draws, target_gpu, drafter_gpu, timeline=timeline, plan=plan, source=source,
+                         lane=lane if lane is not None else CpuLane())
     ctx.sync_drafter()  # the run for the prefill window starts at position 0
     ctx.state.generation = 0
     proc = env.process(strategies.get(cfg.strategy)(ctx))
@@ -122,7 +125,7 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
     if bank is not None:
         check_bank_scenario(bank, traces)
     source = source_for(cfg, traces)
-    contention = contention_for(cfg, traces)
+    contention, lane = contention_for(cfg, traces), cpu_lane_for(cfg, traces)
     plan = planning_inputs(cfg, traces, source, contention) if cfg.strategy == "adaptive_budget" else None
     bank = bank if bank is not None else draw_bank(cfg, traces)
     base_cfg = cfg.replace(strategy="target_only")
@@ -130,7 +133,7 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
     for i in range(cfg.n_requests):
         draws = bank.request(i)
         tl = events if (timeline and i < n_timeline_requests) else None
-        row = run_request(cfg, draws, source, contention, plan, tl)
+        row = run_request(cfg, draws, source, contention, plan, tl, lane)
         if cfg.strategy == "target_only":
             row["baseline_latency_ms"] = row["latency_ms"]
         else:
@@ -138,7 +141,7 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
         rows.append(row)
     req = finish_requests(pd.DataFrame(rows), cfg, time_source_of(traces, cfg.strategy))
     tl_df = pd.DataFrame(events, columns=list(TIMELINE_COLUMNS))
-    return SimResult(cfg, req, tl_df, traces.provenance(), contention, time_source_detail(traces))
+    return SimResult(cfg, req, tl_df, traces.provenance(), contention, time_source_detail(traces), lane.describe())
 
 
 def draw_bank(cfg: SimConfig, traces: TraceSet) -> DrawBank:

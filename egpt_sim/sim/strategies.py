@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..traces.contention import CpuLane
 from . import rules
 from .processes import (
     RequestContext,
@@ -100,7 +101,8 @@ def _window_then(ctx: RequestContext, budget: Callable[[RequestContext], int], k
     def cap(c: RequestContext) -> int:
         return rules.draft_cap(c.state.target_prefilled, budget(c), after_prefill)
 
-    ctx.drafter_cpu_done = ctx.env.event()  # CPU lane: the drafter's CPU stages go first
+    if ctx.lane.mode == "serial":
+        ctx.drafter_cpu_done = ctx.env.event()  # serial CPU lane: the drafter's CPU stages go first
     ctx.env.process(drafter(ctx, cap))
     yield from target_prefill(ctx)
     if not keep_drafting:
@@ -131,7 +133,8 @@ def parallel_sd(ctx: RequestContext):
 def adaptive_budget(ctx: RequestContext):
     b = int(ctx.plan["window_budget"])  # decided from expected quantities (runner.planning_inputs)
     ctx.state.window_budget = b
-    if b == 0:
+    if b == 0:  # the drafter is never started: one prefill phase, no CPU lane
+        ctx.lane = CpuLane("none", {}, "adaptive_budget with window budget 0")
         yield from target_only(ctx)
         return
     yield from _window_then(ctx, lambda c: b, keep_drafting=False)

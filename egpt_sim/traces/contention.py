@@ -435,3 +435,95 @@ def _missing(key: tuple, fit: Fit, missing: str, assume: float | None, domain: s
         return Factor(1.0, "assumed", "host contention not measured: assumed 1.0")
     raise TraceError(f"{what}: column 'placement' has no contended rows for role {role!r}; "
                      "pass contention='none' or contention_missing='assume:<x>'")
+
+
+# --------------------------------------------------------------------------- the CPU lane
+
+CPU_LANE_MODES = ("auto", "serial", "overlap")
+
+
+@dataclass(frozen=True)
+class CpuLane:
+    """How the CPU stages (load, preprocess) of two prefill phases that start together share
+    the host, one statement for both engines (:mod:`egpt_sim.sim.rules`).
+
+    * ``serial`` — one lane, drafter first: the target's load starts when the drafter's
+      preprocess ends; every CPU stage takes its alone time (the protocol of stage runs
+      recorded with ``cpu_stages="serial"``).
+    * ``overlap`` — both roles start stage 1 at once, as ``measure.executor`` runs them; each
+      CPU stage takes its alone time x ``factors[(role, stage)]``: median duration in the
+      concurrent runs recorded with ``cpu_stages="overlap"`` over the alone median (pooled
+      over what the peer did meanwhile; 1 where not measured).
+    * ``none`` — only one role runs (target_only, drafter_only, serial_sd).
+    """
+
+    mode: str = "serial"
+    factors: Mapping[tuple[str, str], Factor] = field(default_factory=dict)
+    source: str = "serial by rule"
+
+    def factor(self, role: str, stage: str) -> float:
+        f = self.factors.get((role, stage)) if self.mode == "overlap" else None
+        return 1.0 if f is None else f.value
+
+    def multipliers(self, role: str, stages: tuple[str, ...]) -> np.ndarray:
+        """Per prefill-phase stage of ``role``: its duration multiplier (1 for GPU stages)."""
+        return np.array([self.factor(role, s) for s in stages])
+
+    def describe(self) -> str:
+        if self.mode != "overlap":
+            return f"{self.mode} ({self.source})"
+        fs = ", ".join(f"{r} {s} x{f.value:.2f}" for (r, s), f in sorted(self.factors.items()))
+        return f"overlap ({self.source}): {fs or 'no CPU factor measured (x1)'}"
+
+
+def overlap_runs(metadata: dict) -> set[str]:
+    """Run ids whose CPU stages started together (``cpu_stages == "overlap"`` in run metadata)."""
+    return {k for k, r in metadata.get("runs", {}).items() if str(r.get("cpu_stages", "")) == "overlap"}
+
+
+def fit_cpu_lane(rows: pd.DataFrame, metadata: dict, placement: str, concurrency: str, label: str) -> CpuLane:
+    """The ``overlap`` lane measured by ``placement`` runs of ``concurrency`` recorded with
+    overlapping CPU stages; ``serial`` (labelled) when there are none."""
+    from .schema import CPU_STAGES
+
+    runs = overlap_runs(metadata)
+    conc = rows[(rows["placement"] == placement) & rows["run_id"].astype(str).isin(runs)
+                & rows["stage"].isin(CPU_STAGES)]
+    if concurrency != "any":
+        conc = conc[conc["concurrency"] == concurrency]
+    if conc.empty:
+        return CpuLane("serial", {}, f"no {placement}/{concurrency} run of {label} recorded overlapping CPU stages")
+    factors = {}
+    ref = _cpu_references(conc, rows, metadata)
+    for (role, stage), g in conc.groupby(["role", "stage"], sort=True):
+        r = ref[conc.index.get_indexer(g.index)]
+        ok = np.isfinite(r) & (r > 0)
+        if ok.sum() < MIN_ROWS:
+            continue
+        cluster = (g["run_id"].astype(str) + "/" + g["sample_id"].astype(str)).to_numpy()[ok]
+        value, lo, hi = _ratio_with_ci(g["duration_ms"].to_numpy(float)[ok], r[ok], cluster,
+                                       zlib.crc32(repr((role, stage, "cpu")).encode()))
+        note = "concurrent start vs alone (interleaved run of the same samples where recorded)"
+        if value < 1.0:  # a peer cannot speed a CPU stage up: below 1 is noise, kept out of the lane
+            note, value = f"measured x{value:.2f} (< 1: noise), used as 1", 1.0
+        factors[(role, stage)] = Factor(value, "measured", note, int(ok.sum()), lo, hi)
+    return CpuLane("overlap", factors, f"{placement}/{concurrency} runs of {label} with overlapping CPU stages")
+
+
+def _cpu_references(conc: pd.DataFrame, rows: pd.DataFrame, metadata: dict) -> np.ndarray:
+    """Per concurrent CPU row: the median alone duration of the same sample in an alone run
+    interleaved with its run (run metadata ``interleaved_with``), else of the same sample in
+    any alone run, else pooled over alone rows (ms)."""
+    alone = rows[(rows["placement"] == "alone") & rows["stage"].isin(conc["stage"].unique())]
+    med = "duration_ms"
+    same_run = alone.groupby(["run_id", "sample_id", "role", "stage"])[med].median().to_dict()
+    by_sample = alone.groupby(["sample_id", "role", "stage"])[med].median().to_dict()
+    pooled = alone.groupby(["role", "stage"])[med].median().to_dict()
+    runs = metadata.get("runs", {})
+    out = np.full(len(conc), np.nan)
+    for i, (run, sid, role, stage) in enumerate(zip(conc["run_id"].astype(str), conc["sample_id"], conc["role"],
+                                                     conc["stage"])):
+        mates = [m for m in runs.get(run, {}).get("interleaved_with", []) if m != run]
+        vals = [same_run[(m, sid, role, stage)] for m in mates if (m, sid, role, stage) in same_run]
+        out[i] = vals[0] if vals else by_sample.get((sid, role, stage), pooled.get((role, stage), np.nan))
+    return out

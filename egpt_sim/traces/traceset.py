@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .contention import ContentionModel, Fit, fit_factors, infer_peer_activity, resolve, uniform_model
+from .contention import (ContentionModel, CpuLane, Fit, fit_cpu_lane, fit_factors, infer_peer_activity, resolve,
+                         uniform_model)
 from .schema import TraceError
 
 PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")
@@ -294,6 +295,16 @@ class TraceSet:
             model = resolve(self.contention_fit(placement, concurrency), missing, domain)
         self._cache[key] = model
         return model
+
+    def cpu_lane(self, placement: str = "shared_gpu", concurrency: str = "auto") -> CpuLane:
+        """The CPU lane measured by ``placement`` runs of ``concurrency`` (cached): ``overlap``
+        with per (role, CPU stage) factors when those runs started both roles' CPU stages
+        together, else ``serial`` (see :class:`egpt_sim.traces.contention.CpuLane`)."""
+        concurrency = self.simulated_concurrency(concurrency)
+        key = ("cpu_lane", placement, concurrency)
+        if key not in self._cache:
+            self._cache[key] = fit_cpu_lane(self.ok_rows, self.metadata, placement, concurrency, self.label)
+        return self._cache[key]
 
     # ------------------------------------------------------------------ acceptance
     def acceptance_runs(self) -> list[str]:
