@@ -24,6 +24,7 @@ from ..sim.config import SimConfig
 from ..sim.runner import draw_bank, simulate
 from ..traces.schema import TraceError
 from ..traces.traceset import TraceSet
+from .executor_rows import executor_stage_rows
 
 RESULT_COLUMNS = ("strategy", "output_tokens", "gamma", "sigma", "latency_ms")
 
@@ -75,14 +76,26 @@ def _cell_budget(cell: pd.DataFrame) -> int | None:
     return int(cell["window_budget"].mode().iloc[0])
 
 
+def budget_shares(cell: pd.DataFrame) -> dict[int | None, float]:
+    """Window budgets the executor ran a cell's requests with, and their shares (adaptive_budget
+    cells merged from runs that chose different budgets hold several; other cells: {None: 1})."""
+    if "window_budget" not in cell.columns or cell["strategy"].iloc[0] != "adaptive_budget":
+        return {None: 1.0}
+    return {int(b): float(n) / len(cell) for b, n in cell["window_budget"].value_counts(sort=False).items()}
+
+
 def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
-    """Simulated requests (latency_ms, speedup) for one executor cell, on one draw bank."""
+    """Simulated requests (latency_ms, speedup) for one executor cell, on one draw bank per
+    window budget the cell ran (requests split in the executor's proportions)."""
     first = cell.iloc[0]
-    cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
-                    gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
-                    acceptance=_replayed_acceptance(ts), n_requests=n_predicted, seed=seed,
-                    window_budget=_cell_budget(cell), **config)
-    return simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests
+    parts = []
+    for budget, share in sorted(budget_shares(cell).items(), key=lambda kv: (kv[0] is None, kv[0])):
+        cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
+                        gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
+                        acceptance=_replayed_acceptance(ts), n_requests=max(1, round(n_predicted * share)),
+                        seed=seed, window_budget=budget, **config)
+        parts.append(simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests)
+    return pd.concat(parts, ignore_index=True)
 
 
 def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
@@ -215,7 +228,18 @@ def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFra
     return pd.concat([st[~alone_t], verify, rows], ignore_index=True)
 
 
-def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
+MODES = ("stages", "executor_target_only", "executor_folds")
+
+
+def length_folds(lengths) -> list[tuple[int, ...]]:
+    """Two folds of the output lengths, alternating in sorted order ({5, 50} and {20, 100})."""
+    ls = sorted({int(x) for x in lengths})
+    return [f for f in (tuple(ls[0::2]), tuple(ls[1::2])) if f]
+
+
+def load_validation_dir(path: str | Path, decode_from: str = "stages",
+                        calibration_lengths: tuple[int, ...] | None = None
+                        ) -> tuple[pd.DataFrame, Callable[[float], TraceSet]]:
     """Read a validation folder written by ``measure.validation_run``.
 
     Returns the executor results (``n_gpus`` derived from ``placement``) and a function
@@ -242,21 +266,28 @@ def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[
     if not sigmas:
         raise TraceError(f"{res_file}: column 'sigma' has no values (no speculative requests)")
     results["sigma"] = results["sigma"].fillna(sigmas[0])
-    stage_timings = full.stage_timings
+    stage_timings, metadata = full.stage_timings, full.metadata
     if decode_from == "executor_target_only":
         stage_timings = decode_steps_from_executor(stage_timings, pd.read_parquet(path / "executor_timeline.parquet"))
+    elif decode_from == "executor_folds":
+        calib = results[results["output_tokens"].isin(calibration_lengths or ())]
+        if calib.empty:
+            raise TraceError(f"{res_file}: no executor requests of output lengths {calibration_lengths} to calibrate on")
+        stage_timings, runs = executor_stage_rows(pd.read_parquet(path / "executor_timeline.parquet"), calib,
+                                                  stage_timings, executor_concurrency(results))
+        metadata = {**metadata, "runs": {**metadata["runs"], **runs}}
     elif decode_from != "stages":
-        raise ValueError(f"decode_from must be 'stages' or 'executor_target_only', got {decode_from!r}")
+        raise ValueError(f"decode_from must be one of {MODES}, got {decode_from!r}")
     cache: dict[float, TraceSet] = {}
     samples = set(results["sample_id"].astype(str)) if "sample_id" in results else None
-    tails = _replay_tails(full.metadata)
+    tails = _replay_tails(full.metadata, sorted(samples or ()))
 
     def traces_for(sigma: float) -> TraceSet:
         if sigma not in cache:
             sel = acc[np.isclose(acc["sigma"].astype(float), float(sigma))]
             if sel.empty:
                 raise TraceError(f"{path}: no acceptance rows with sigma={sigma}")
-            ts = TraceSet.from_frames(stage_timings, sel, full.metadata, f"{path} (sigma={sigma})")
+            ts = TraceSet.from_frames(stage_timings, sel, metadata, f"{path} (sigma={sigma})")
             ts.replay_source = _executor_source(sel, samples, tails.get(float(sigma)))
             cache[sigma] = ts
         return cache[sigma]
@@ -264,19 +295,32 @@ def load_validation_dir(path: str | Path, decode_from: str = "stages") -> tuple[
     return results, traces_for
 
 
-def _replay_tails(metadata: dict) -> dict[float, float]:
-    """sigma -> the tail rate the executor's acceptance replay used (run metadata
-    ``acceptance_replay``; absent in folders recorded before it was written)."""
-    out = {}
-    for run in metadata.get("runs", {}).values():
-        for sigma, info in (run.get("acceptance_replay") or {}).items():
-            out[float(sigma)] = float(info["tail_alpha"])
+def _replay_tails(metadata: dict, sample_ids=()) -> dict[float, dict[str, float]]:
+    """sigma -> {sample id -> the tail rate the executor's acceptance replay used for it}: run
+    metadata ``acceptance_replay`` of each executor run (``executor-<first>-<last>``) over its
+    sample range, later-starting runs winning where ranges overlap (a folder merged from calls
+    that recorded different acceptance). Empty for folders recorded before it was written."""
+    runs = []
+    for key, run in metadata.get("runs", {}).items():
+        parts = key.split("@")[0].split("-")
+        if parts[0] == "executor" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            runs.append((int(parts[1]), int(parts[2]), run.get("acceptance_replay") or {}))
+        elif run.get("acceptance_replay"):
+            runs.append((0, 10 ** 9, run["acceptance_replay"]))
+    out: dict[float, dict[str, float]] = {}
+    for first, last, replay in sorted(runs, key=lambda r: r[0]):
+        for sigma, info in replay.items():
+            tails = out.setdefault(float(sigma), {})
+            for sid in sample_ids:
+                if not str(sid).isdigit() or first <= int(sid) <= last:
+                    tails[str(sid)] = float(info["tail_alpha"])
     return out
 
 
-def _executor_source(acceptance: pd.DataFrame, samples: set[str] | None, tail_alpha: float | None):
+def _executor_source(acceptance: pd.DataFrame, samples: set[str] | None, tail_alpha: Mapping | float | None):
     """What the executor replayed: the verification blocks of the samples it ran (per-sample
-    sources, picked uniformly), continued past censored blocks with the tail rate it used."""
+    sources, picked uniformly), continued past censored blocks with the tail rate it used for
+    each sample (:func:`_replay_tails`)."""
     from ..traces.acceptance import TraceAcceptance
 
     blocks = (acceptance.groupby(["run_id", "sample_id", "verify_id"], as_index=False)
@@ -305,6 +349,8 @@ def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "au
     baseline requests (:func:`decode_steps_from_executor`); ``target_only`` cells are then
     flagged ``calibration`` and left out of the overall error figures.
     """
+    if decode_from == "executor_folds":
+        return _compare_folds(path, n_predicted, concurrency, **config)
     results, traces_for = load_validation_dir(path, decode_from)
     if concurrency == "auto":
         concurrency = executor_concurrency(results)
@@ -316,6 +362,29 @@ def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "au
             "calibrated_on": "the target's stage rows from the executor's target_only requests (other cells)"}
     overall["contention_concurrency"] = concurrency
     return cells, overall
+
+
+def _compare_folds(path: str | Path, n_predicted: int, concurrency: str, **config) -> tuple[pd.DataFrame, dict]:
+    """Each fold of output lengths predicted from the executor's spans of the other fold
+    (:mod:`egpt_sim.analysis.executor_rows`): every cell is scored, none lends a number to
+    its own prediction."""
+    results = pd.read_parquet(Path(path) / "executor_results.parquet")
+    folds = length_folds(results["output_tokens"])
+    if len(folds) < 2:
+        raise TraceError(f"{path}: executor_folds needs at least two output lengths, got {folds}")
+    parts, conc = [], concurrency
+    for i, fold in enumerate(folds):
+        other = tuple(x for j, f in enumerate(folds) if j != i for x in f)
+        res, traces_for = load_validation_dir(path, "executor_folds", other)
+        conc = executor_concurrency(res) if concurrency == "auto" else concurrency
+        cells, _ = compare(res[res["output_tokens"].isin(fold)], traces_for, n_predicted=n_predicted,
+                           contention_concurrency=conc, **config)
+        parts.append(cells.assign(calibration=False, calibrated_on_lengths=",".join(map(str, other))))
+    cells = pd.concat(parts, ignore_index=True).sort_values(["n_gpus", "sigma", "strategy", "output_tokens"])
+    overall = _overall(cells) | {"calibrated_on": "executor spans of the other output lengths (folds "
+                                 + " <-> ".join("{" + ", ".join(map(str, f)) + "}" for f in folds) + ")",
+                                 "contention_concurrency": conc}
+    return cells.reset_index(drop=True), overall
 
 
 GOALS = {"processes": (2.0, 5.0, 0.02), "streams": (5.0, 10.0, 0.05)}  # median %, p90 %, p90 |speed-up error|
@@ -368,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out or a.folder)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for mode in ("stages", "executor_target_only"):
+    for mode in MODES:
         cells, overall = compare_dir(a.folder, n_predicted=a.predicted, decode_from=mode)
         cells.to_csv(out / f"validation_cells_{mode}.csv", index=False, float_format="%.4g")
         summary[mode] = overall

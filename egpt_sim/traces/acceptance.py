@@ -34,7 +34,7 @@ Metrics (names used in every table and figure):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -142,14 +142,23 @@ class CurveAcceptance:
 class TraceAcceptance:
     """Replay recorded verifications (see module docstring)."""
 
-    def __init__(self, blocks: pd.DataFrame, tail_alpha: float | None = None, label: str = "trace"):
+    def __init__(self, blocks: pd.DataFrame, tail_alpha: float | Mapping[str, float] | None = None,
+                 label: str = "trace"):
+        """``tail_alpha``: the censored tail's match rate — one value, or per sample id (a
+        folder merged from calls whose replays used different tails; samples it does not name
+        get the pooled rate); None: :func:`conditional_tail_rate` of ``blocks``."""
         if blocks.empty:
             raise ValueError("acceptance trace has zero verifications")
         self.label = label
         self.blocks = blocks
         groups = list(blocks.groupby(["run_id", "sample_id"], sort=True))
         self.n_samples = len(groups)
-        self.tail_alpha = float(conditional_tail_rate(blocks) if tail_alpha is None else tail_alpha)
+        pooled = conditional_tail_rate(blocks)
+        if isinstance(tail_alpha, Mapping):
+            self._tails = np.array([float(tail_alpha.get(str(sid), pooled)) for (_, sid), _ in groups])
+        else:
+            self._tails = np.full(self.n_samples, float(pooled if tail_alpha is None else tail_alpha))
+        self.tail_alpha = float(self._tails.mean())  # a single figure for labels
         # padded (n_samples, width) tables of accepted_len / gamma for window & later pools
         self._pools = {}
         for first in (True, False):
@@ -189,7 +198,11 @@ class TraceAcceptance:
             run = A[s, j]
             censored = run >= G[s, j]
             if censored.any():
-                run[censored] += _geometric_from_u(1.0 - frac[censored], self.tail_alpha)
+                cu, ct = 1.0 - frac[censored], self._tails[s[censored]]
+                tail = np.zeros(cu.shape, dtype=np.int64)
+                for a in np.unique(ct):  # one geometric law per distinct tail rate
+                    tail[ct == a] = _geometric_from_u(cu[ct == a], float(a))
+                run[censored] += tail
             out[m] = run
         return np.minimum(out, RUN_CAP)
 
@@ -199,7 +212,8 @@ class TraceAcceptance:
         A, G, n = self._pools[True]
         i = np.arange(gamma + 1)[None, None, :]
         runs, cens = A[:, :, None], (A >= G)[:, :, None]
-        p = np.where(runs >= i, 1.0, np.where(cens, self.tail_alpha ** np.maximum(i - runs, 0), 0.0))
+        tail = self._tails[:, None, None]
+        p = np.where(runs >= i, 1.0, np.where(cens, tail ** np.maximum(i - runs, 0), 0.0))
         valid = (np.arange(A.shape[1])[None, :] < n[:, None])[:, :, None]
         per_sample = (p * valid).sum(axis=1) / n[:, None]
         return per_sample.mean(axis=0)

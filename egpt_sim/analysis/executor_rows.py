@@ -1,0 +1,111 @@
+"""The executor's own spans as stage rows: what a calibration on *other* cells feeds the simulator.
+
+A validation folder holds, besides the stage runs, every span the real executor ran
+(``executor_timeline.parquet``). :func:`executor_stage_rows` turns the spans of chosen
+requests into schema stage rows, so the simulator can be fed what the executor did in
+some cells and scored on the others (``egpt_sim.validation``'s ``executor_folds`` mode):
+
+* ``target_only`` requests -> run ``executor-alone`` (placement ``alone``): the target's
+  stage times and decode steps with no peer; each request is one recorded "sample".
+* speculative requests -> run ``executor-concurrent`` (the executor's placement and
+  concurrency, ``cpu_stages="overlap"``: both roles start stage 1 together), each span with
+  the peer activity overlapping it most and its overlap fraction, as ``measure.stages``
+  records them; a draft step is a drafter ``decode_step``.
+* A token pass (decode step, draft step, verify) lasts from its start to the start of the
+  same actor's next span: the per-step host work between passes (reading the token,
+  messages, waiting for a time slice on a shared GPU) is part of the step's cost, as the
+  simulator, which has no host gaps, must charge it. Other spans keep their duration.
+* The drafter's ``alone`` rows and the target's ``alone`` verify rows (target_only runs
+  none) stay those of the stage runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..traces.contention import measured_stage
+from ..traces.schema import TraceError
+
+STEP_ACTIVITIES = ("decode_step", "draft_step", "verify")
+ALONE_RUN, CONCURRENT_RUN = "executor-alone", "executor-concurrent"
+
+
+def with_cycles(tl: pd.DataFrame) -> pd.DataFrame:
+    """Spans with ``cycle_ms``: start to the start of the same actor's next span for token
+    passes (their duration for the last one and for every other activity), ms."""
+    tl = tl.sort_values(["request_id", "actor", "start_ms"])
+    nxt = tl.groupby(["request_id", "actor"])["start_ms"].shift(-1)
+    dur = tl["end_ms"] - tl["start_ms"]
+    step = tl["activity"].isin(STEP_ACTIVITIES) & nxt.notna()
+    return tl.assign(duration_ms=dur, cycle_ms=np.where(step, nxt - tl["start_ms"], dur))
+
+
+def peer_overlap(tl: pd.DataFrame) -> pd.DataFrame:
+    """Per span: the other actor's activity overlapping it most (``none`` without overlap,
+    as a measured stage name) and the overlapped fraction of its duration."""
+    peer = np.full(len(tl), "none", dtype=object)
+    frac = np.zeros(len(tl))
+    pos = {ix: i for i, ix in enumerate(tl.index)}
+    for _, g in tl.groupby("request_id", sort=False):
+        s, e = g["start_ms"].to_numpy(float), g["end_ms"].to_numpy(float)
+        actor, act = g["actor"].to_numpy(object), g["activity"].to_numpy(object)
+        for j, ix in enumerate(g.index):
+            other = actor != actor[j]
+            if not other.any():
+                continue
+            ov = np.clip(np.minimum(e[other], e[j]) - np.maximum(s[other], s[j]), 0.0, None)
+            if ov.sum() > 0:
+                peer[pos[ix]] = measured_stage(str(act[other][int(np.argmax(ov))]))
+                frac[pos[ix]] = min(1.0, ov.sum() / max(e[j] - s[j], 1e-9))
+    return tl.assign(peer_activity=peer, overlap_frac=frac)
+
+
+def executor_stage_rows(timeline: pd.DataFrame, results: pd.DataFrame, stage_timings: pd.DataFrame,
+                        concurrency: str) -> tuple[pd.DataFrame, dict]:
+    """Stage rows (schema columns of ``stage_timings``) of the executor requests in ``results``,
+    plus the run metadata they need; see the module docstring."""
+    req = results.drop_duplicates("request_id").set_index("request_id")
+    if "placement" not in req:
+        req["placement"] = np.where(req.get("n_gpus", 1) == 1, "shared_gpu", "separate_gpu")
+    tl = timeline[timeline["request_id"].isin(req.index)]
+    if tl.empty:
+        raise TraceError("executor timeline: no spans of the calibration requests")
+    tl = peer_overlap(with_cycles(tl))
+    strategy = req.loc[tl["request_id"], "strategy"].to_numpy()
+    alone = strategy == "target_only"
+    prompt = (stage_timings[stage_timings["stage"] == "prefill"].groupby("role")["prompt_tokens"].median()
+              .astype(int).to_dict())
+    rows = pd.DataFrame({
+        "run_id": np.where(alone, ALONE_RUN, CONCURRENT_RUN),
+        "placement": np.where(alone, "alone", req.loc[tl["request_id"], "placement"].to_numpy()),
+        "concurrency": np.where(alone, "none", concurrency),
+        "sample_id": (req.loc[tl["request_id"], "sample_id"].astype(str).to_numpy() + "-r"
+                      + tl["request_id"].astype(str).to_numpy()),
+        "role": tl["actor"].to_numpy(), "stage": [measured_stage(a) for a in tl["activity"]],
+        "duration_ms": tl["cycle_ms"].to_numpy(float), "start_ms": tl["start_ms"].to_numpy(float),
+        "peer_activity": np.where(alone, "none", tl["peer_activity"].to_numpy()),
+        "overlap_frac": np.where(alone, 0.0, tl["overlap_frac"].to_numpy()),
+        "tokens": tl["tokens"].to_numpy() if "tokens" in tl else 1,
+    })
+    rows["step"] = rows.groupby(["sample_id", "role", "stage"]).cumcount()
+    rows["prompt_tokens"] = rows["role"].map(prompt).fillna(0).astype(int)
+    verify = rows["stage"] == "verify"
+    rows["gamma"] = np.where(verify, rows["tokens"] - 1, 0)
+    rows["query_tokens"] = np.where(verify, rows["tokens"], np.where(rows["stage"] == "prefill", rows["prompt_tokens"], 1))
+    rows["kv_tokens"] = np.where(rows["stage"].isin(["decode_step", "verify"]), rows["prompt_tokens"] + rows["step"], 0)
+    rows["peer_busy"] = rows["peer_activity"] != "none"
+    per_role = stage_timings.groupby("role").first()
+    for col in stage_timings.columns:  # every other column as the stage runs recorded it for that role
+        if col not in rows:
+            rows[col] = rows["role"].map(per_role[col]) if col in per_role else np.nan
+    for col in ("gpu_ms", "peak_mem_mb", "peak_extra_mb", "kv_bytes", "peak_reserved_mb", "error"):
+        if col in rows:
+            rows[col] = np.nan
+    rows["status"] = "ok"
+    keep = stage_timings[(stage_timings["placement"] == "alone")
+                         & ((stage_timings["role"] == "drafter") | (stage_timings["stage"] == "verify"))]
+    meta = {ALONE_RUN: {"source": "measured", "kind": "executor spans (target_only requests)"},
+            CONCURRENT_RUN: {"source": "measured", "kind": "executor spans (speculative requests)",
+                             "cpu_stages": "overlap", "interleaved_with": [ALONE_RUN]}}
+    return pd.concat([keep, rows[list(stage_timings.columns)]], ignore_index=True), meta
