@@ -56,6 +56,7 @@ _ACTIVITY_TO_STAGE = {"draft_step": "decode_step"}  # simulator activity -> meas
 _SIBLING = {"decode_step": "verify", "verify": "decode_step"}  # token passes over the KV cache
 _FULL_OVERLAP, _NO_OVERLAP = 0.95, 0.05
 MIN_ROWS = 3  # a key with fewer contended rows counts as not measured
+_MAX_FACTOR = 20.0  # full_overlap_ms: a partly overlapped row implies at most this slow-down
 _BOOTSTRAP = 200
 MISSING_POLICIES = ("error", "pooled", "assume:<x>")
 
@@ -283,15 +284,28 @@ def _ratio_with_ci(dur: np.ndarray, ref: np.ndarray, cluster: np.ndarray, seed: 
     return value, float(lo), float(hi)
 
 
+def full_overlap_ms(dur_ms: np.ndarray, ref_ms: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+    """The duration a partly overlapped row would have had overlapped throughout, under the
+    rate model: alone work W = ref ran (1 - o) of its wall time D at rate 1 and o of it at
+    rate 1/f, so W = D (1 - o + o / f) and f = o / (W / D - 1 + o); returns W x f (ms).
+    Rows with an unknown overlap (NaN) count as fully overlapped."""
+    o = np.where(np.isfinite(overlap), overlap, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = o / (ref_ms / dur_ms - 1.0 + o)
+    return ref_ms * np.clip(np.where(np.isfinite(f) & (f > 0), f, _MAX_FACTOR), 1.0 / _MAX_FACTOR, _MAX_FACTOR)
+
+
 def _fit_one(sel: pd.DataFrame, ref: np.ndarray, kinds: list[str], key: tuple) -> Factor | None:
-    """The factor of one key from its contended rows (prefers full-overlap rows)."""
+    """The factor of one key from its contended rows: full-overlap rows when at least
+    :data:`MIN_ROWS`, else every row with some overlap, each taken at its full-overlap
+    equivalent (:func:`full_overlap_ms`)."""
     ok = np.isfinite(ref)
     ofr = sel["overlap_frac"].to_numpy(float)
     full = ok & (ofr >= _FULL_OVERLAP)
-    use = full if full.sum() >= MIN_ROWS else ok
+    use = full if full.sum() >= MIN_ROWS else ok & ~(ofr < _NO_OVERLAP)
     if use.sum() < MIN_ROWS:
         return None
-    dur = sel["duration_ms"].to_numpy(float)[use]
+    dur = full_overlap_ms(sel["duration_ms"].to_numpy(float)[use], ref[use], ofr[use])
     cluster = (sel["run_id"].astype(str) + "/" + sel["sample_id"].astype(str)).to_numpy()[use]
     value, lo, hi = _ratio_with_ci(dur, ref[use], cluster, zlib.crc32(repr(key).encode()))
     used = pd.Series(np.asarray(kinds, dtype=object)[use]).value_counts()
