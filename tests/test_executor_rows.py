@@ -32,7 +32,7 @@ def test_token_passes_last_until_the_next_span_and_peers_are_the_most_overlappin
     assert out.loc[("target", 31.0), "cycle_ms"] == 4.0      # last pass: its duration
     assert out.loc[("target", 0.0), "cycle_ms"] == 20.0      # not a token pass: its duration
     assert out.loc[("target", 0.0), "peer_activity"] == "decode_step"  # draft steps overlap it most (13 of 20 ms)
-    assert out.loc[("target", 0.0), "overlap_frac"] == pytest.approx(18 / 20)
+    assert out.loc[("target", 0.0), "overlap_frac"] == pytest.approx(18 / 20)  # prefill 0-5, steps 6-16-19
     assert out.loc[("target", 26.0), "peer_activity"] == "none" and out.loc[("target", 26.0), "overlap_frac"] == 0
 
 
@@ -112,3 +112,12 @@ def test_trace_acceptance_continues_each_sample_with_its_own_tail():
     assert (b >= 4).all() and np.mean(b - 4) == pytest.approx(1.0, abs=0.05)  # geometric, mean a / (1 - a)
     assert src.survival(6)[5] == pytest.approx(0.5 * 0.5)  # mean over the samples of 0 and 0.5
     assert src.tail_alpha == 0.25
+
+
+def test_lossless_summary_counts_near_ties():
+    res = pd.DataFrame({"strategy": ["target_only", "parallel_sd", "parallel_sd", "parallel_sd"],
+                        "lossless": [True, True, False, False], "gap_at_mismatch": [np.nan, np.nan, 0.0039, 0.05],
+                        "reference_gap_at_mismatch": [np.nan, np.nan, 0.0, 0.0039]})
+    s = V.lossless_summary(res)
+    assert (s["n_speculative"], s["n_lossless"], s["n_mismatch"], s["n_mismatch_with_gaps"]) == (3, 1, 2, 2)
+    assert s["max_gap_logits"] == 0.05 and s["n_above_tolerance"] == 1  # 0.05 logits is no fp16 near-tie

@@ -11,6 +11,8 @@ some cells and scored on the others (``egpt_sim.validation``'s ``executor_folds`
   concurrency, ``cpu_stages="overlap"``: both roles start stage 1 together), each span with
   the peer activity overlapping it most and its overlap fraction, as ``measure.stages``
   records them; a draft step is a drafter ``decode_step``.
+* A GPU span beside a mix of peer activities (none covering 90 % of its overlap) is left
+  out: it cannot tell one (role, stage, peer activity) factor.
 * A token pass (decode step, draft step, verify) lasts from its start to the start of the
   same actor's next span: the per-step host work between passes (reading the token,
   messages, waiting for a time slice on a shared GPU) is part of the step's cost, as the
@@ -25,9 +27,10 @@ import numpy as np
 import pandas as pd
 
 from ..traces.contention import measured_stage
-from ..traces.schema import TraceError
+from ..traces.schema import CPU_STAGES, TraceError
 
 STEP_ACTIVITIES = ("decode_step", "draft_step", "verify")
+MIN_DOMINANCE = 0.9  # a concurrent GPU span is kept when one peer activity covers this share of its overlap
 ALONE_RUN, CONCURRENT_RUN = "executor-alone", "executor-concurrent"
 
 
@@ -43,12 +46,15 @@ def with_cycles(tl: pd.DataFrame) -> pd.DataFrame:
 
 def peer_overlap(tl: pd.DataFrame) -> pd.DataFrame:
     """Per span: the other actor's activity overlapping it most (``none`` without overlap,
-    as a measured stage name) and the overlapped fraction of its duration."""
+    as a measured stage name) and the overlapped fraction of its duration. Spans with a
+    ``cycle_ms`` (:func:`with_cycles`) count as lasting that long, on both sides: the
+    simulator charges a token pass its cycle, so a peer is busy for the whole cycle too."""
     peer = np.full(len(tl), "none", dtype=object)
-    frac = np.zeros(len(tl))
+    frac, dominance = np.zeros(len(tl)), np.ones(len(tl))
     pos = {ix: i for i, ix in enumerate(tl.index)}
-    for _, g in tl.groupby("request_id", sort=False):
-        s, e = g["start_ms"].to_numpy(float), g["end_ms"].to_numpy(float)
+    end = tl["start_ms"] + tl["cycle_ms"] if "cycle_ms" in tl else tl["end_ms"]
+    for _, g in tl.assign(_end=end).groupby("request_id", sort=False):
+        s, e = g["start_ms"].to_numpy(float), g["_end"].to_numpy(float)
         actor, act = g["actor"].to_numpy(object), g["activity"].to_numpy(object)
         for j, ix in enumerate(g.index):
             other = actor != actor[j]
@@ -56,9 +62,12 @@ def peer_overlap(tl: pd.DataFrame) -> pd.DataFrame:
                 continue
             ov = np.clip(np.minimum(e[other], e[j]) - np.maximum(s[other], s[j]), 0.0, None)
             if ov.sum() > 0:
-                peer[pos[ix]] = measured_stage(str(act[other][int(np.argmax(ov))]))
+                names = np.array([measured_stage(str(a)) for a in act[other]], dtype=object)
+                by_name = {n: ov[names == n].sum() for n in set(names)}
+                top = max(by_name, key=by_name.get)
+                peer[pos[ix]], dominance[pos[ix]] = top, by_name[top] / ov.sum()
                 frac[pos[ix]] = min(1.0, ov.sum() / max(e[j] - s[j], 1e-9))
-    return tl.assign(peer_activity=peer, overlap_frac=frac)
+    return tl.assign(peer_activity=peer, overlap_frac=frac, peer_dominance=dominance)
 
 
 def executor_stage_rows(timeline: pd.DataFrame, results: pd.DataFrame, stage_timings: pd.DataFrame,
@@ -72,6 +81,9 @@ def executor_stage_rows(timeline: pd.DataFrame, results: pd.DataFrame, stage_tim
     if tl.empty:
         raise TraceError("executor timeline: no spans of the calibration requests")
     tl = peer_overlap(with_cycles(tl))
+    # a GPU span beside a mix of peer activities tells no single factor: left out (CPU spans stay)
+    mixed = (tl["peer_dominance"] < MIN_DOMINANCE) & ~tl["activity"].isin(CPU_STAGES)
+    tl = tl[~mixed]
     strategy = req.loc[tl["request_id"], "strategy"].to_numpy()
     alone = strategy == "target_only"
     prompt = (stage_timings[stage_timings["stage"] == "prefill"].groupby("role")["prompt_tokens"].median()
