@@ -81,7 +81,7 @@ def test_time_to_first_token_on_each_lane(lane_traces, engine):
     base = run(cfg.replace(strategy="target_only", acceptance=None), lane_traces).requests["ttft_ms"]
     assert np.allclose(base, sum(TARGET))  # one prefill phase: no lane at all
     summary = run(cfg, lane_traces).summary()
-    assert summary["cpu_lane"].startswith("overlap")
+    assert summary["cpu_lane_model"].startswith("overlap")
 
 
 @pytest.mark.parametrize("strategy", ["prefill_then_verify", "adaptive_budget", "parallel_sd"])

@@ -77,7 +77,7 @@ def _run_chunk(traces_path, items: list, use_fast: bool) -> list[dict]:
             summ.pop("provenance", None)
             summ.pop("contention_factors", None)
             summ.pop("time_source_detail", None)
-            summ.pop("cpu_lane", None)
+            summ.pop("cpu_lane_model", None)
             rows.append({"_index": idx} | cfg.as_dict() | summ | {"engine": "simpy"})
     if rows:  # CPU seconds of this task (a busy machine shows up as wall >> cpu / workers)
         rows[0]["_cpu_s"] = time.process_time() - cpu0

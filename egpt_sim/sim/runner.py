@@ -62,7 +62,7 @@ class SimResult:
 
     def summary(self) -> dict:
         return summarize(self.requests) | {"provenance": self.provenance, "contention_factors": self.contention_header,
-                                           "time_source_detail": self.time_source_detail, "cpu_lane": self.cpu_lane}
+                                           "time_source_detail": self.time_source_detail, "cpu_lane_model": self.cpu_lane}
 
 
 def summarize(requests: pd.DataFrame) -> dict:
