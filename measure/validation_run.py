@@ -371,10 +371,16 @@ def merge(dest: str | Path, *sources: str | Path) -> Path:
             dest.mkdir(parents=True, exist_ok=True)
             df.to_parquet(dest / f"{name}.parquet", index=False)
     runs: dict = {}
+    top: dict = {}
     for s in sources:  # a run recorded by two calls (acceptance runs of new samples) keeps both entries
-        for key, run in schema.read_metadata(s)["runs"].items():
+        meta = schema.read_metadata(s)
+        for key, run in meta["runs"].items():
             runs[key if runs.get(key, run) == run else f"{key}@{Path(s).name}"] = run
-    schema.write_metadata(dest, runs)
+        for key, value in meta.items():  # label, note, ...: the first source's, distinct notes joined
+            if key not in ("runs", "schema_version"):
+                top[key] = value if key not in top else (
+                    f"{top[key]} | {value}" if key == "note" and value not in str(top[key]) else top[key])
+    schema.write_metadata(dest, runs, **top)
     return dest
 
 

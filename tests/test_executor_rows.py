@@ -121,3 +121,15 @@ def test_lossless_summary_counts_near_ties():
     s = V.lossless_summary(res)
     assert (s["n_speculative"], s["n_lossless"], s["n_mismatch"], s["n_mismatch_with_gaps"]) == (3, 1, 2, 2)
     assert s["max_gap_logits"] == 0.05 and s["n_above_tolerance"] == 1  # 0.05 logits is no fp16 near-tie
+
+
+def test_merge_keeps_labels_notes_and_both_entries_of_a_run(tmp_path):
+    pytest.importorskip("torch")
+    from measure.validation_run import merge
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    schema.write_metadata(a, {"acc": {"tail": 0.9}, "executor-0-8": {}}, label="grid", note="first call")
+    schema.write_metadata(b, {"acc": {"tail": 0.2}, "executor-9-19": {}}, label="grid", note="top-up")
+    meta = schema.read_metadata(merge(tmp_path / "m", a, b))
+    assert meta["label"] == "grid" and meta["note"] == "first call | top-up"
+    assert {"acc", "acc@b", "executor-0-8", "executor-9-19"} <= set(meta["runs"])
