@@ -70,6 +70,38 @@ def peer_overlap(tl: pd.DataFrame) -> pd.DataFrame:
     return tl.assign(peer_activity=peer, overlap_frac=frac, peer_dominance=dominance)
 
 
+def span_rows(tl: pd.DataFrame, sample_ids: np.ndarray, stage_timings: pd.DataFrame,
+              duration_ms: np.ndarray) -> pd.DataFrame:
+    """Executor spans ``tl`` as stage rows with the columns of ``stage_timings``: ``sample_id``
+    = the request's sample + ``-r<request>`` (each request one recorded sample), steps counted
+    per (sample, role, stage), token counts from the span's ``tokens`` (verify: gamma + 1) and
+    the role's prompt; other columns as the stage runs recorded them for that role (device
+    time and memory NaN). Placement, concurrency, run and peer columns are the caller's."""
+    prompt = (stage_timings[stage_timings["stage"] == "prefill"].groupby("role")["prompt_tokens"].median()
+              .astype(int).to_dict())
+    rows = pd.DataFrame({
+        "sample_id": np.asarray(sample_ids, dtype=str) + "-r" + tl["request_id"].astype(str).to_numpy(),
+        "role": tl["actor"].to_numpy(), "stage": [measured_stage(a) for a in tl["activity"]],
+        "duration_ms": np.asarray(duration_ms, dtype=float), "start_ms": tl["start_ms"].to_numpy(float),
+        "tokens": tl["tokens"].to_numpy() if "tokens" in tl else 1,
+    })
+    rows["step"] = rows.groupby(["sample_id", "role", "stage"]).cumcount()
+    rows["prompt_tokens"] = rows["role"].map(prompt).fillna(0).astype(int)
+    verify = rows["stage"] == "verify"
+    rows["gamma"] = np.where(verify, rows["tokens"] - 1, 0)
+    rows["query_tokens"] = np.where(verify, rows["tokens"], np.where(rows["stage"] == "prefill", rows["prompt_tokens"], 1))
+    rows["kv_tokens"] = np.where(rows["stage"].isin(["decode_step", "verify"]), rows["prompt_tokens"] + rows["step"], 0)
+    rows["status"] = "ok"
+    per_role = stage_timings.groupby("role").first()
+    for col in stage_timings.columns:  # every other column as the stage runs recorded it for that role
+        if col not in rows:
+            rows[col] = rows["role"].map(per_role[col]) if col in per_role else np.nan
+    for col in ("gpu_ms", "peak_mem_mb", "peak_extra_mb", "kv_bytes", "peak_reserved_mb", "error"):
+        if col in rows:
+            rows[col] = np.nan
+    return rows
+
+
 def executor_stage_rows(timeline: pd.DataFrame, results: pd.DataFrame, stage_timings: pd.DataFrame,
                         concurrency: str) -> tuple[pd.DataFrame, dict]:
     """Stage rows (schema columns of ``stage_timings``) of the executor requests in ``results``,
@@ -84,37 +116,15 @@ def executor_stage_rows(timeline: pd.DataFrame, results: pd.DataFrame, stage_tim
     # a GPU span beside a mix of peer activities tells no single factor: left out (CPU spans stay)
     mixed = (tl["peer_dominance"] < MIN_DOMINANCE) & ~tl["activity"].isin(CPU_STAGES)
     tl = tl[~mixed]
-    strategy = req.loc[tl["request_id"], "strategy"].to_numpy()
-    alone = strategy == "target_only"
-    prompt = (stage_timings[stage_timings["stage"] == "prefill"].groupby("role")["prompt_tokens"].median()
-              .astype(int).to_dict())
-    rows = pd.DataFrame({
-        "run_id": np.where(alone, ALONE_RUN, CONCURRENT_RUN),
-        "placement": np.where(alone, "alone", req.loc[tl["request_id"], "placement"].to_numpy()),
-        "concurrency": np.where(alone, "none", concurrency),
-        "sample_id": (req.loc[tl["request_id"], "sample_id"].astype(str).to_numpy() + "-r"
-                      + tl["request_id"].astype(str).to_numpy()),
-        "role": tl["actor"].to_numpy(), "stage": [measured_stage(a) for a in tl["activity"]],
-        "duration_ms": tl["cycle_ms"].to_numpy(float), "start_ms": tl["start_ms"].to_numpy(float),
-        "peer_activity": np.where(alone, "none", tl["peer_activity"].to_numpy()),
-        "overlap_frac": np.where(alone, 0.0, tl["overlap_frac"].to_numpy()),
-        "tokens": tl["tokens"].to_numpy() if "tokens" in tl else 1,
-    })
-    rows["step"] = rows.groupby(["sample_id", "role", "stage"]).cumcount()
-    rows["prompt_tokens"] = rows["role"].map(prompt).fillna(0).astype(int)
-    verify = rows["stage"] == "verify"
-    rows["gamma"] = np.where(verify, rows["tokens"] - 1, 0)
-    rows["query_tokens"] = np.where(verify, rows["tokens"], np.where(rows["stage"] == "prefill", rows["prompt_tokens"], 1))
-    rows["kv_tokens"] = np.where(rows["stage"].isin(["decode_step", "verify"]), rows["prompt_tokens"] + rows["step"], 0)
+    of = req.loc[tl["request_id"]]
+    alone = of["strategy"].to_numpy() == "target_only"
+    rows = span_rows(tl, of["sample_id"].astype(str).to_numpy(), stage_timings, tl["cycle_ms"].to_numpy())
+    rows["run_id"] = np.where(alone, ALONE_RUN, CONCURRENT_RUN)
+    rows["placement"] = np.where(alone, "alone", of["placement"].to_numpy())
+    rows["concurrency"] = np.where(alone, "none", concurrency)
+    rows["peer_activity"] = np.where(alone, "none", tl["peer_activity"].to_numpy())
+    rows["overlap_frac"] = np.where(alone, 0.0, tl["overlap_frac"].to_numpy())
     rows["peer_busy"] = rows["peer_activity"] != "none"
-    per_role = stage_timings.groupby("role").first()
-    for col in stage_timings.columns:  # every other column as the stage runs recorded it for that role
-        if col not in rows:
-            rows[col] = rows["role"].map(per_role[col]) if col in per_role else np.nan
-    for col in ("gpu_ms", "peak_mem_mb", "peak_extra_mb", "kv_bytes", "peak_reserved_mb", "error"):
-        if col in rows:
-            rows[col] = np.nan
-    rows["status"] = "ok"
     keep = stage_timings[(stage_timings["placement"] == "alone")
                          & ((stage_timings["role"] == "drafter") | (stage_timings["stage"] == "verify"))]
     meta = {ALONE_RUN: {"source": "measured", "kind": "executor spans (target_only requests)"},

@@ -84,18 +84,22 @@ def budget_shares(cell: pd.DataFrame) -> dict[int | None, float]:
     return {int(b): float(n) / len(cell) for b, n in cell["window_budget"].value_counts(sort=False).items()}
 
 
+def _cell_configs(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> list[SimConfig]:
+    """The simulated scenarios of one executor cell: one per window budget the cell ran, its
+    requests split in the executor's proportions (:func:`budget_shares`)."""
+    first = cell.iloc[0]
+    return [SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
+                      gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
+                      acceptance=_replayed_acceptance(ts), n_requests=max(1, round(n_predicted * share)),
+                      seed=seed, window_budget=budget, **config)
+            for budget, share in sorted(budget_shares(cell).items(), key=lambda kv: (kv[0] is None, kv[0]))]
+
+
 def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
     """Simulated requests (latency_ms, speedup) for one executor cell, on one draw bank per
-    window budget the cell ran (requests split in the executor's proportions)."""
-    first = cell.iloc[0]
-    parts = []
-    for budget, share in sorted(budget_shares(cell).items(), key=lambda kv: (kv[0] is None, kv[0])):
-        cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
-                        gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
-                        acceptance=_replayed_acceptance(ts), n_requests=max(1, round(n_predicted * share)),
-                        seed=seed, window_budget=budget, **config)
-        parts.append(simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests)
-    return pd.concat(parts, ignore_index=True)
+    window budget the cell ran (:func:`_cell_configs`)."""
+    return pd.concat([simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests
+                      for cfg in _cell_configs(cell, ts, n_predicted, seed, **config)], ignore_index=True)
 
 
 def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
@@ -185,15 +189,15 @@ def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
 
 
 def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
-    """Simulated activity timeline (with a ``strategy`` column) of one executor cell."""
+    """Simulated activity timeline (with a ``strategy`` column) of one executor cell, the same
+    scenarios as :func:`predict_cell`."""
     first = cell.iloc[0]
-    cfg = SimConfig(strategy=first["strategy"], output_tokens=int(first["output_tokens"]),
-                    gamma=max(1, int(first["gamma"])), n_gpus=int(first["n_gpus"]),
-                    acceptance=_replayed_acceptance(ts), n_requests=n_predicted, seed=seed,
-                    window_budget=_cell_budget(cell), **config)
-    tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True).timeline
     key = f"{first['sigma']}-{first['output_tokens']}-{first['n_gpus']}"
-    return tl.assign(strategy=first["strategy"], request_id=key + "-" + tl["request_id"].astype(str))
+    parts = []
+    for cfg in _cell_configs(cell, ts, n_predicted, seed, **config):
+        tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True).timeline
+        parts.append(tl.assign(request_id=f"{key}-b{cfg.window_budget}-" + tl["request_id"].astype(str)))
+    return pd.concat(parts, ignore_index=True).assign(strategy=first["strategy"])
 
 
 def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFrame) -> pd.DataFrame:
