@@ -24,7 +24,7 @@ from ..sim.config import SimConfig
 from ..sim.runner import draw_bank, simulate
 from ..traces.schema import TraceError
 from ..traces.traceset import TraceSet
-from .executor_rows import executor_stage_rows
+from .executor_rows import executor_stage_rows, span_rows
 
 RESULT_COLUMNS = ("strategy", "output_tokens", "gamma", "sigma", "latency_ms")
 
@@ -214,20 +214,11 @@ def decode_steps_from_executor(stage_timings: pd.DataFrame, timeline: pd.DataFra
         raise TraceError("executor timeline: no target_only decode steps to calibrate from")
     st = stage_timings
     alone_t = (st["role"] == "target") & (st["placement"] == "alone")
-    template = st[alone_t & (st["stage"] == "prefill")].iloc[0]
     tl = tl.sort_values(["request_id", "start_ms"])
-    rows = pd.DataFrame([template] * len(tl)).reset_index(drop=True)
-    rows["stage"] = tl["activity"].to_numpy()
-    rows["duration_ms"] = (tl["end_ms"] - tl["start_ms"]).to_numpy()
-    rows["step"] = tl.groupby(["request_id", "activity"]).cumcount().to_numpy()
-    sid = tl["sample_id"].astype(str) if "sample_id" in tl else pd.Series("executor", index=tl.index)
-    rows["sample_id"] = (sid + "-r" + tl["request_id"].astype(str)).to_numpy()
-    prompt = int(template["prompt_tokens"])
-    dec = rows["stage"] == "decode_step"
-    rows["kv_tokens"] = np.where(dec, prompt + rows["step"], 0)
-    rows["query_tokens"] = np.where(dec, 1, np.where(rows["stage"] == "prefill", prompt, 0))
-    rows["gamma"] = 0
-    rows["run_id"] = "executor-target_only"
+    sid = tl["sample_id"].astype(str).to_numpy() if "sample_id" in tl else np.full(len(tl), "executor")
+    rows = span_rows(tl, sid, st, (tl["end_ms"] - tl["start_ms"]).to_numpy())
+    rows = rows.assign(run_id="executor-target_only", placement="alone", concurrency="none", peer_activity="none",
+                       peer_busy=False, overlap_frac=np.nan)[list(st.columns)]
     verify = st[alone_t & (st["stage"] == "verify")]  # target_only runs no verify: keep the stage rows
     return pd.concat([st[~alone_t], verify, rows], ignore_index=True)
 
