@@ -1,7 +1,9 @@
-"""Probe: the target's graph decode step inside the process executor, drafter on the same GPU
-vs on a second GPU (target_only requests: the drafter worker idles). Prints median gpu_ms.
+"""Probe: the target's graph decode step (gpu_ms) in the two executor harnesses, interleaved
+in time with stage runs (run by scripts/probe_decode_gap.sh), drafter on the same GPU vs on a
+second GPU (target_only requests: the drafter idles). One JSON line per probe.
 
     python scripts/probe_placement.py --dataset DIR [--n 60 --requests 4]
+        [--probes processes:cuda:1,processes:cuda:0,threads:cuda:1]
 
 Why: in the H200 two-GPU validation grids the target's decode step took 13.9 ms (gpu_ms) in the
 executor and 13.2 ms in every stage run of the same call; on one GPU the two agree (13.2).
@@ -15,24 +17,38 @@ import statistics
 import time
 
 from measure import dataset as ds
-from measure.executor import ProcessExecutor
+from measure.executor import Executor, ProcessExecutor
+from measure.models import build_pipeline
 
 
-def probe(sample, drafter_device: str, a) -> dict:
-    build = {r: dict(source=a.source, dtype="fp16", backend="graphs", device="cuda:0" if r == "target" else drafter_device)
-             for r in ("target", "drafter")}
+def _build(a, drafter_device: str) -> dict:
+    return {r: dict(source=a.source, dtype=a.dtype, backend=a.backend, seed=0,
+                    device=a.target_device if r == "target" else drafter_device) for r in ("target", "drafter")}
+
+
+def _decode_ms(ex, sample, a) -> list[float]:
+    ex.run(sample, "target_only", 12, 0)  # warm-up (graph capture)
+    steps = []
+    for i in range(a.requests):
+        tl = ex.run(sample, "target_only", a.n, i + 1).timeline
+        steps += tl[tl.activity == "decode_step"]["gpu_ms"].tolist()
+    return steps
+
+
+def probe(sample, workers: str, drafter_device: str, a) -> dict:
     t0 = time.perf_counter()
-    ex = ProcessExecutor(build, gamma=8)
-    try:
-        ex.run(sample, "target_only", 12, 0)  # warm-up
-        steps = []
-        for i in range(a.requests):
-            tl = ex.run(sample, "target_only", a.n, i + 1).timeline
-            steps += tl[tl.activity == "decode_step"]["gpu_ms"].tolist()
-    finally:
-        ex.close()
-    return {"drafter_device": drafter_device, "decode_gpu_ms_median": statistics.median(steps), "steps": len(steps),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    build = _build(a, drafter_device)
+    if workers == "processes":
+        with ProcessExecutor(build, gamma=8) as ex:
+            steps = _decode_ms(ex, sample, a)
+    else:
+        pipes = {r: build_pipeline(r, **b) for r, b in build.items()}
+        steps = _decode_ms(Executor(pipes["target"], pipes["drafter"], gamma=8), sample, a)
+        del pipes
+    q = statistics.quantiles(steps, n=10)
+    return {"workers": workers, "drafter_device": drafter_device, "decode_gpu_ms_median": statistics.median(steps),
+            "p10": q[0], "p90": q[-1], "steps": len(steps), "wall_s": round(time.perf_counter() - t0, 1),
+            "utc": time.strftime("%H:%M:%S", time.gmtime())}
 
 
 def main() -> None:
@@ -41,11 +57,15 @@ def main() -> None:
     ap.add_argument("--source", default="random:vicuna7b-clip336")
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--requests", type=int, default=4)
-    ap.add_argument("--devices", default="cuda:0,cuda:1,cuda:0")
+    ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--backend", default="graphs")
+    ap.add_argument("--target-device", default="cuda:0")
+    ap.add_argument("--probes", default="processes:cuda:1,processes:cuda:0")
     a = ap.parse_args()
     sample = ds.load_dataset(a.dataset, 1)[0]
-    for d in a.devices.split(","):
-        print(json.dumps(probe(sample, d, a)), flush=True)
+    for p in a.probes.split(","):
+        workers, dev = p.split(":", 1)
+        print(json.dumps(probe(sample, workers, dev, a)), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ For every cell (strategy x output_tokens x sigma [x n_gpus]) of an executor run,
 simulator replays the stage-timing and acceptance traces recorded *on the same machine*
 (acceptance trace of the same drafter perturbation sigma) and predicts the latency
 distribution. Per cell we report measured and predicted medians, the error in %, a
-two-sample Kolmogorov-Smirnov test and a +-5 % TOST equivalence test on the means;
-over all cells the median and p90 of |error|.
+two-sample Kolmogorov-Smirnov test and a +-5 % TOST equivalence test on the means, and
+the measurement noise (bootstrap SE of the measured median, :func:`median_se_pct`; the SE
+of the mean paired speed-up); over all cells the median and p90 of |error| and the share
+of cells whose error is within 2 SE of the measured median.
 
 Executor results (``executor_results.parquet``) need the columns
 ``strategy, output_tokens, gamma, sigma, latency_ms`` (``n_gpus`` optional, default 1).
@@ -49,6 +51,20 @@ def tost_equivalence(measured: np.ndarray, predicted: np.ndarray, margin: float 
     p_upper = stats.t.cdf((diff - delta) / se, dof)  # H0: diff >= +delta
     p_tost = float(max(p_lower, p_upper))
     return p_tost < alpha, p_tost
+
+
+def median_se_pct(values: np.ndarray, n_boot: int = 400, seed: int = 0) -> float:
+    """Measurement noise of a cell: bootstrap standard error of the median of ``values``, in %
+    of that median (NaN for fewer than 2 values). A prediction cannot be scored more finely
+    than this: |error| within about 2 SE is indistinguishable from the sampling noise of the
+    requests measured."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    meds = np.median(v[rng.integers(0, len(v), size=(n_boot, len(v)))], axis=1)
+    return float(100.0 * meds.std(ddof=1) / np.median(v))
 
 
 def measured_speedups(results: pd.DataFrame) -> pd.Series:
@@ -128,13 +144,18 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
         med_m, med_p = float(np.median(meas)), float(np.median(pred))
         equivalent, p_tost = tost_equivalence(meas, pred) if len(meas) >= 2 else (False, float("nan"))
         spd_m = float(cell["measured_speedup"].mean())
+        spd_all = cell["measured_speedup"].dropna().to_numpy(float)
+        se_pct = median_se_pct(meas)
         spd_p = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
         rows.append({
             "n_gpus": int(n_gpus), "sigma": sigma, "strategy": strategy, "output_tokens": int(n_tok),
             "gamma": int(gamma), "window_budget": _cell_budget(cell), "n_measured": len(meas),
             "measured_median_ms": med_m, "predicted_median_ms": med_p, "error_pct": 100.0 * (med_p - med_m) / med_m,
+            "measured_se_pct": se_pct, "within_noise": bool(abs(med_p - med_m) / med_m * 100.0 <= 2.0 * se_pct),
             "measured_speedup": spd_m, "predicted_speedup": spd_p,
             "speedup_error": spd_p - spd_m if strategy != "target_only" else float("nan"),
+            "measured_speedup_se": (float(spd_all.std(ddof=1) / np.sqrt(len(spd_all))) if len(spd_all) >= 2
+                                    and strategy != "target_only" else float("nan")),
             "ks_pvalue": float(stats.ks_2samp(meas, pred).pvalue) if len(meas) >= 2 else float("nan"),
             "tost_pvalue": p_tost, "tost_equivalent": bool(equivalent),
         })
@@ -155,7 +176,20 @@ def _overall(cells: pd.DataFrame) -> dict:
         "max_abs_speedup_error": float(spd.max()) if len(spd) else float("nan"),
         "ks_reject_fraction": float((cells["ks_pvalue"] < 0.05).mean()),
         "tost_equivalent_fraction": float(cells["tost_equivalent"].mean()),
+        **_noise_floor(cells),
     }
+
+
+def _noise_floor(cells: pd.DataFrame) -> dict:
+    """How finely the measurements can score a prediction: the median standard error of a
+    cell's measured median (% of it) and of its mean paired speed-up, and the share of cells
+    whose |error| is within 2 of those SEs (folders scored before these columns: empty)."""
+    if "measured_se_pct" not in cells:
+        return {}
+    spd_se = cells["measured_speedup_se"].dropna() if "measured_speedup_se" in cells else pd.Series(dtype=float)
+    return {"median_measured_se_pct": float(cells["measured_se_pct"].median()),
+            "median_measured_speedup_se": float(spd_se.median()) if len(spd_se) else float("nan"),
+            "within_noise_fraction": float(cells["within_noise"].mean())}
 
 
 def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
@@ -414,7 +448,10 @@ def verdict(overall: dict) -> str:
           and overall.get("p90_abs_speedup_error", float("nan")) <= spd)
     return (f"{'MEETS' if ok else 'MISSES'} the goals (median |latency error| <= {med:g} %, p90 <= {p90:g} %, "
             f"p90 |speed-up error| <= {spd:g}): median {overall['median_abs_error_pct']:.1f} %, "
-            f"p90 {overall['p90_abs_error_pct']:.1f} %, p90 |speed-up error| {overall.get('p90_abs_speedup_error', float('nan')):.3f}")
+            f"p90 {overall['p90_abs_error_pct']:.1f} %, p90 |speed-up error| {overall.get('p90_abs_speedup_error', float('nan')):.3f}"
+            + (f"; measurement noise: SE of a cell's median {overall['median_measured_se_pct']:.1f} % (median), "
+               f"{100 * overall['within_noise_fraction']:.0f} % of cells within 2 SE"
+               if "median_measured_se_pct" in overall else ""))
 
 
 def scatter(cells: pd.DataFrame, path: Path, title: str) -> Path:
@@ -461,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== decode steps from {mode}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                           for k, v in overall.items()))
         print(cells[["n_gpus", "sigma", "strategy", "output_tokens", "n_measured", "measured_median_ms",
-                     "predicted_median_ms", "error_pct", "measured_speedup", "predicted_speedup", "speedup_error",
+                     "predicted_median_ms", "error_pct", "measured_se_pct", "measured_speedup", "predicted_speedup", "speedup_error",
                      "ks_pvalue", "tost_equivalent"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
         print(f"verdict ({mode}): {verdict(overall)}")
         if mode == "stages":
