@@ -242,3 +242,25 @@ def test_mismatch_gaps_names_the_first_differing_position():
     got = mismatch_gaps([1, 9, 3], [1, 2, 3], [5.0, 0.01, 3.0], [5.0, 0.02, 3.0])
     assert got == {"first_mismatch_position": 2, "gap_at_mismatch": 0.01, "reference_gap_at_mismatch": 0.02}
     assert math.isnan(mismatch_gaps([7], [1], None, None)["gap_at_mismatch"])
+
+
+def test_each_sample_is_warmed_untimed_before_its_cells():
+    """validation_run: both roles prefill a sample once before its timed cells (per-shape first
+    calls such as cuDNN attention plans stay out of the recorded latencies)."""
+    from types import SimpleNamespace
+
+    from measure.validation_run import SAMPLE_WARMUP, ValidationConfig, _warm_sample
+
+    calls = []
+
+    class FakeExecutor:
+        def run(self, sample, strategy, n, **kw):
+            calls.append((strategy, n, kw.get("replay")))
+            return SimpleNamespace(tokens=[1, 2])
+
+    sample = SimpleNamespace(sample_id="000003")
+    _warm_sample(FakeExecutor(), sample, ValidationConfig(target="random:tiny"), {0.1: {"000003": "src"}})
+    assert calls == [("target_only", 2, None), ("prefill_then_verify", 2, "src")]
+    calls.clear()
+    _warm_sample(FakeExecutor(), sample, ValidationConfig(target="random:tiny", strategies=("target_only",)), {})
+    assert calls == [("target_only", 2, None)] and "untimed" in SAMPLE_WARMUP
