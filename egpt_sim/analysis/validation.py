@@ -145,13 +145,13 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
         equivalent, p_tost = tost_equivalence(meas, pred) if len(meas) >= 2 else (False, float("nan"))
         spd_m = float(cell["measured_speedup"].mean())
         spd_all = cell["measured_speedup"].dropna().to_numpy(float)
-        se_pct = median_se_pct(meas)
+        err_pct, se_pct = 100.0 * (med_p - med_m) / med_m, median_se_pct(meas)
         spd_p = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
         rows.append({
             "n_gpus": int(n_gpus), "sigma": sigma, "strategy": strategy, "output_tokens": int(n_tok),
             "gamma": int(gamma), "window_budget": _cell_budget(cell), "n_measured": len(meas),
-            "measured_median_ms": med_m, "predicted_median_ms": med_p, "error_pct": 100.0 * (med_p - med_m) / med_m,
-            "measured_se_pct": se_pct, "within_noise": bool(abs(med_p - med_m) / med_m * 100.0 <= 2.0 * se_pct),
+            "measured_median_ms": med_m, "predicted_median_ms": med_p, "error_pct": err_pct,
+            "measured_se_pct": se_pct, "within_noise": bool(abs(err_pct) <= 2.0 * se_pct),
             "measured_speedup": spd_m, "predicted_speedup": spd_p,
             "speedup_error": spd_p - spd_m if strategy != "target_only" else float("nan"),
             "measured_speedup_se": (float(spd_all.std(ddof=1) / np.sqrt(len(spd_all))) if len(spd_all) >= 2
