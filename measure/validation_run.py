@@ -69,6 +69,7 @@ class ValidationConfig:
     seed: int = 0
     max_minutes: float | None = None    # stop starting new samples after this wall time
     stage_prefix: str = ""              # prefix of the stage run ids (a top-up call keeps its own runs)
+    shuffle: bool = True                # timed cells of a sample in a seeded random order (CELL_ORDER)
 
     @property
     def worker_kind(self) -> str:
@@ -234,7 +235,7 @@ def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: di
         acceptance={"mode": "replay", "runs": {str(k): f"acc-sigma{k:g}" for k in sources}, "method": "per-sample run lengths from the trace; "
                     "drafter proposes the target_only token for positions <= R since its last sync"},
         reuse="target_only runs once per (sample, N) and is the baseline of every sigma (sigma = NaN)",
-        sample_warmup=SAMPLE_WARMUP)
+        sample_warmup=SAMPLE_WARMUP, cell_order=CELL_ORDER if cfg.shuffle else "N by N, target_only first")
     run_key = executor_run_id(cfg)
     schema.write_metadata(out, {run_key: meta})
     _warmup(ex, samples[0], cfg, sources)
@@ -255,39 +256,57 @@ def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: di
                                              "wall_s": round(time.perf_counter() - t_start, 1)}})
 
 
-def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, budgets: dict, out: Path,
-                errors: list[str], log: Callable) -> list[dict]:
-    """Every cell of one sample; writes one results and one timeline part; returns the rows.
+def sample_cells(cfg: ValidationConfig, index: int, sources: dict) -> list[tuple[int, str, float, int]]:
+    """One sample's timed cells as (output tokens, strategy, sigma, request id), in a seeded random
+    order (:data:`CELL_ORDER`) unless ``cfg.shuffle`` is off (then N by N, ``target_only`` first).
 
-    Request ids are ``index * per_sample + j``, so runs over disjoint sample ranges merge.
+    Request ids are ``index * per_sample + j`` whatever the order, so runs over disjoint sample
+    ranges merge and a re-run of a sample re-records the same ids.
     """
+    import random
+
     spec = [s for s in cfg.strategies if s != "target_only"]
     per_n = 1 + len(cfg.sigmas) * len(spec)  # fixed by the config, so ids do not shift
-    _warm_sample(ex, sample, cfg, sources)
-    results = []
+    cells = []
     for a, n in enumerate(cfg.lengths):
         rid = index * len(cfg.lengths) * per_n + a * per_n
-        cells = [("target_only", float("nan"))] + [(st, sg) for sg in cfg.sigmas for st in spec]
-        ref = None
-        for j, (strategy, sigma) in enumerate(cells):
-            if strategy != "target_only" and (ref is None or sigma not in sources):
-                continue  # no baseline or no trace: nothing to check or replay against
-            try:
-                r = ex.run(sample, strategy, n, rid + j, reference=None if ref is None else ref.tokens,
-                           replay=None if ref is None else sources[sigma][sample.sample_id],
-                           replay_seed=_request_seed(cfg.seed, rid + j), sigma=sigma,
-                           window_budget=budgets.get(sigma), record_gaps=True)
-            except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
-                errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0]}")
-                log(f"FAILED {errors[-1]}")
-                continue
-            if ref is None:
-                ref = r
-                r.row["lossless"] = True  # the reference itself
-            else:  # a mismatch must be a near-tie: the target's top-1/top-2 gap there, in both runs
-                r.row.update(mismatch_gaps(r.tokens, ref.tokens, r.gaps, ref.gaps))
-            results.append(r)
+        grid = [("target_only", float("nan"))] + [(st, sg) for sg in cfg.sigmas for st in spec]
+        cells += [(n, st, sg, rid + j) for j, (st, sg) in enumerate(grid)
+                  if st in cfg.strategies and (st == "target_only" or sg in sources)]
+    if cfg.shuffle:
+        random.Random(_request_seed(cfg.seed, "order", index)).shuffle(cells)
+    return cells
+
+
+CELL_ORDER = ("per sample: an untimed target_only request of the longest N is the reference (lossless check, "
+              "acceptance replay); then every timed cell in a seeded random order (order_in_sample). Fixed order "
+              "(target_only first at each N) put target_only's TTFT 4-6 ms above the others' on 2 GPUs "
+              "(validation-graphs-2gpu-cudnn), biasing short-output speed-ups")
+
+
+def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, budgets: dict, out: Path,
+                errors: list[str], log: Callable) -> list[dict]:
+    """Every cell of one sample (:func:`sample_cells`); writes one results and one timeline part;
+    returns the rows. Each request is checked against the untimed reference (:func:`_warm_sample`)."""
+    ref = _warm_sample(ex, sample, cfg, sources)
+    results = []
+    for k, (n, strategy, sigma, rid) in enumerate(sample_cells(cfg, index, sources)):
+        spec = strategy != "target_only"
+        try:
+            r = ex.run(sample, strategy, n, rid, reference=ref.tokens[:n] if spec else None,
+                       replay=sources[sigma][sample.sample_id] if spec else None,
+                       replay_seed=_request_seed(cfg.seed, rid), sigma=sigma,
+                       window_budget=budgets.get(sigma), record_gaps=True)
+        except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
+            errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]}")
+            log(f"FAILED {errors[-1]}")
+            continue
+        # a mismatch must be a near-tie: the target's top-1/top-2 gap there, in both runs
+        r.row.update(order_in_sample=k, **mismatch_gaps(r.tokens, ref.tokens[:n], r.gaps,
+                                                          None if ref.gaps is None else ref.gaps[:n]))
+        r.row["lossless"] = list(r.tokens) == list(ref.tokens[:n])
+        results.append(r)
     if results:
         rows = pd.DataFrame([r.row for r in results])
         keys = ("strategy", "sigma", "output_tokens", "sample_id", "placement")
@@ -305,17 +324,19 @@ def _done_samples(out: Path) -> set[str]:
     return {str(x) for f in files for x in pd.read_parquet(f, columns=["sample_id"])["sample_id"]}
 
 
-SAMPLE_WARMUP = ("one untimed target_only and one prefill_then_verify request of 2 tokens per sample before its "
-                 "cells: per-shape first calls (cuDNN attention plans a new prompt length once, +35-40 ms on the "
-                 "first 4.6k-token prefill on an H200) stay out of the timed requests")
+SAMPLE_WARMUP = ("untimed, per sample before its cells: the reference target_only request of the longest N and one "
+                 "prefill_then_verify request of 2 tokens: per-shape first calls (cuDNN attention plans a new prompt "
+                 "length once, +35-40 ms on the first 4.6k-token prefill on an H200) stay out of the timed requests")
 
 
-def _warm_sample(ex: Executor, sample, cfg: ValidationConfig, sources: dict) -> None:
-    """Both roles prefill this sample's prompt once, untimed (:data:`SAMPLE_WARMUP`)."""
-    ref = ex.run(sample, "target_only", 2)
+def _warm_sample(ex: Executor, sample, cfg: ValidationConfig, sources: dict):
+    """Both roles prefill this sample's prompt once, untimed (:data:`SAMPLE_WARMUP`); returns the
+    reference request (target_only at the longest N, ``record_gaps``)."""
+    ref = ex.run(sample, "target_only", max(cfg.lengths), record_gaps=True)
     src = next(iter(sources.values()), {}).get(sample.sample_id) if sources else None
     if src is not None and any(s != "target_only" for s in cfg.strategies):
         ex.run(sample, "prefill_then_verify", 2, reference=ref.tokens, replay=src, window_budget=cfg.gamma)
+    return ref
 
 
 def _warmup(ex: Executor, sample, cfg: ValidationConfig, sources: dict) -> None:
@@ -431,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage-samples", type=int, default=ValidationConfig.stage_samples)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--stage-prefix", default="", help="prefix of the stage run ids (top-up calls: keep both runs)")
+    p.add_argument("--no-shuffle", action="store_true", help="timed cells N by N, target_only first (older folders)")
     p.add_argument("--resume", action="store_true")
     a = p.parse_args(argv)
     cfg = ValidationConfig(target=a.target, drafter=a.drafter, dataset=a.dataset, n_requests=a.n_requests,
@@ -440,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                            acceptance_blocks=a.acceptance_blocks, target_device=a.device,
                            drafter_device=a.drafter_device, dtype=a.dtype, stage_samples=a.stage_samples,
                            max_minutes=a.max_minutes, backend=a.backend, workers=a.workers,
-                           stage_prefix=a.stage_prefix,
+                           stage_prefix=a.stage_prefix, shuffle=not a.no_shuffle,
                            strategies=tuple(x for x in a.strategies.split(",") if x))
     out = run_validation(cfg, a.out, resume=a.resume)
     consolidate(out)

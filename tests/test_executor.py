@@ -259,8 +259,29 @@ def test_each_sample_is_warmed_untimed_before_its_cells():
             return SimpleNamespace(tokens=[1, 2])
 
     sample = SimpleNamespace(sample_id="000003")
-    _warm_sample(FakeExecutor(), sample, ValidationConfig(target="random:tiny"), {0.1: {"000003": "src"}})
-    assert calls == [("target_only", 2, None), ("prefill_then_verify", 2, "src")]
+    ref = _warm_sample(FakeExecutor(), sample, ValidationConfig(target="random:tiny"), {0.1: {"000003": "src"}})
+    assert calls == [("target_only", 100, None), ("prefill_then_verify", 2, "src")] and ref.tokens == [1, 2]
     calls.clear()
-    _warm_sample(FakeExecutor(), sample, ValidationConfig(target="random:tiny", strategies=("target_only",)), {})
-    assert calls == [("target_only", 2, None)] and "untimed" in SAMPLE_WARMUP
+    _warm_sample(FakeExecutor(), sample, ValidationConfig(target="random:tiny", strategies=("target_only",),
+                                                          lengths=(5, 20)), {})
+    assert calls == [("target_only", 20, None)] and "untimed" in SAMPLE_WARMUP
+
+
+def test_sample_cells_are_shuffled_per_sample_with_stable_request_ids():
+    """The timed cells of a sample run in a seeded random order (no strategy always first, the
+    order effect in CELL_ORDER); request ids do not depend on the order."""
+    from measure.validation_run import ValidationConfig, sample_cells
+
+    cfg = ValidationConfig(target="random:tiny", lengths=(5, 20), sigmas=(0.01, 0.1))
+    sources = {0.01: {}, 0.1: {}}
+    fixed = sample_cells(ValidationConfig(**{**cfg.__dict__, "shuffle": False}), 3, sources)
+    assert [c[1] for c in fixed[:1]] == ["target_only"] and [c[0] for c in fixed] == sorted(c[0] for c in fixed)
+    assert len(fixed) == 2 * (1 + 2 * 3) and len({c[3] for c in fixed}) == len(fixed)
+    norm = lambda cells: [(n, st, None if sg != sg else sg, rid) for n, st, sg, rid in cells]  # noqa: E731 (NaN)
+    fixed = norm(fixed)
+    a, b = norm(sample_cells(cfg, 3, sources)), norm(sample_cells(cfg, 4, sources))
+    assert sorted(a, key=str) == sorted(fixed, key=str) and a == norm(sample_cells(cfg, 3, sources))  # a permutation, reproducible
+    assert a != fixed and [c[:3] for c in a] != [c[:3] for c in b]  # shuffled, differently per sample
+    ids = {c[:3]: c[3] for c in fixed}
+    assert all(ids[c[:3]] == c[3] for c in a)
+    assert not any(c[2] == 0.1 for c in sample_cells(cfg, 3, {0.01: {}}))  # a sigma without a trace: no cells
