@@ -57,3 +57,59 @@ def test_compare_rejects_bad_results():
     empty = pd.DataFrame({c: [] for c in ("strategy", "output_tokens", "gamma", "sigma", "latency_ms")})
     with pytest.raises(TraceError, match="zero rows"):
         compare(empty, {0.0: ts})
+
+
+def _two_sample_source(tail_a: float = 0.95):
+    """Replayed acceptance of two samples: "a" accepts every draft, "b" none (gamma 8)."""
+    from egpt_sim.traces.acceptance import TraceAcceptance
+
+    blocks = pd.DataFrame({"run_id": "acc", "sample_id": ["a"] * 3 + ["b"] * 3, "verify_id": [0, 1, 2] * 2,
+                           "gamma": 8, "accepted_len": [8, 8, 8, 0, 0, 0]})
+    return TraceAcceptance(blocks, tail_alpha={"a": tail_a, "b": 0.0}, label="acc")
+
+
+def test_for_sample_keeps_one_samples_verifications_and_tail():
+    src = _two_sample_source(tail_a=0.9)
+    a = src.for_sample("a")
+    assert a.n_samples == 1 and a.sample_ids == ["a"] and a.tail_alpha == pytest.approx(0.9)
+    assert set(a.blocks["accepted_len"]) == {8}
+    assert src.for_sample("b").survival(8)[1] == 0.0
+    with pytest.raises(KeyError, match="sample 'z'"):
+        src.for_sample("z")
+
+
+def test_paired_tost_is_hand_computable_and_needs_the_mean_inside_the_margin():
+    from egpt_sim.analysis.validation import paired_tost
+
+    # mean difference 10 ms, SD 1 over 10 pairs, margin 5 % of 1000 = 50 ms: clearly equivalent
+    d = np.array([9.0, 11.0] * 5)
+    ok, p = paired_tost(d, 1000.0)
+    assert ok and p < 1e-10
+    assert not paired_tost(d + 45.0, 1000.0)[0]  # mean 55 ms > 50 ms
+    assert not paired_tost(np.array([-200.0, 200.0] * 5), 1000.0)[0]  # too noisy to tell
+    assert paired_tost(np.array([3.0, 3.0]), 1000.0) == (True, 0.0)  # SE 0: the mean decides
+    assert not paired_tost(np.array([1.0]), 1000.0)[0]
+
+
+def test_per_sample_predictions_pair_with_their_requests():
+    """Each measured sample is simulated on its own verifications: for requests whose latency is
+    set by their sample's acceptance, the paired TOST shows equivalence with far more certainty
+    than the unpaired one."""
+    import copy
+
+    from egpt_sim.analysis.validation import predict_cell
+
+    ts = copy.copy(E.load_traces("example/seed_calibrated"))
+    ts.replay_source = _two_sample_source()
+    cell = pd.DataFrame({"strategy": "parallel_sd", "output_tokens": 50, "gamma": 8, "sigma": 0.0,
+                         "n_gpus": 1, "sample_id": ["a", "b"] * 4, "latency_ms": 0.0})
+    pred = predict_cell(cell, ts, 200, seed=3)
+    own = pred.groupby("sample_id")["latency_ms"].mean()
+    assert set(own.index) == {"a", "b"} and own["a"] < 0.95 * own["b"]  # all accepted vs none
+    # "measured": the simulator per sample under other seeds (the truth is the model)
+    meas = [predict_cell(cell.iloc[[i]], ts, 1, seed=100 + i)["latency_ms"].iloc[0] for i in range(len(cell))]
+    rows = cell.assign(latency_ms=meas)
+    cells, overall = compare(rows, {0.0: ts}, n_predicted=200)
+    assert cells["paired_tost_equivalent"].all() and overall["paired_tost_equivalent_fraction"] == 1.0
+    # pairing removes the sample-to-sample spread: far stronger evidence than the unpaired test
+    assert (cells["paired_tost_pvalue"] < 0.01 * cells["tost_pvalue"]).all()

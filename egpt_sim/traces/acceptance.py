@@ -153,6 +153,7 @@ class TraceAcceptance:
         self.blocks = blocks
         groups = list(blocks.groupby(["run_id", "sample_id"], sort=True))
         self.n_samples = len(groups)
+        self.sample_ids = [str(sid) for (_, sid), _ in groups]
         pooled = conditional_tail_rate(blocks)
         if isinstance(tail_alpha, Mapping):
             self._tails = np.array([float(tail_alpha.get(str(sid), pooled)) for (_, sid), _ in groups])
@@ -180,6 +181,16 @@ class TraceAcceptance:
     @property
     def name(self) -> str:
         return f"trace({self.label})"
+
+    def for_sample(self, sample_id) -> "TraceAcceptance":
+        """The verifications of one sample, continued with its own tail rate: the acceptance a
+        request on that sample replays (per-request predictions, paired with a measured one)."""
+        sid = str(sample_id)
+        if sid not in self.sample_ids:
+            raise KeyError(f"acceptance trace {self.label!r}: no verifications of sample {sid!r}")
+        tails = [t for s, t in zip(self.sample_ids, self._tails) if s == sid]
+        sel = self.blocks[self.blocks["sample_id"].astype(str) == sid]
+        return TraceAcceptance(sel, tail_alpha=float(np.mean(tails)), label=f"{self.label} sample {sid}")
 
     def runs(self, u, first, sample_u):
         u = np.atleast_1d(np.asarray(u, dtype=float))
