@@ -15,7 +15,8 @@
 #               untested); needs bitsandbytes carried in .whl/ (see the device README's wheel recipe)
 # Knobs (environment): N_STAGE (10), N_VAL (16), VAL_MIN (7.6: no new sample after it), FIRST (0: first
 # validation sample; a top-up call over later samples merges with measure.validation_run.merge), STAGE_PREFIX
-# (prefix of a top-up's stage run ids), VAL_STAGES (4 stage samples per validation call), PRESET_T
+# (prefix of a top-up's stage run ids), VAL_STAGES (8 stage samples per placement and validation call: the
+# target's CPU preprocess is bimodal, ~40 or ~60 ms, and 4 samples misplaced its mean by up to 10 ms), PRESET_T
 # (vicuna7b-clip224 for stage sets), PRESET_V (vicuna7b-clip336 for validation), DEVICE (cuda:0),
 # DEVICE2 (cuda:1), DTYPE (fp16), LIMIT_<JOB> (seconds). CPU smoke test:
 #   CPU_SMOKE=1 bash scripts/gpu_h200.sh stages val1     (tiny preset, cpu devices, 2 samples)
@@ -71,7 +72,7 @@ val() {  # val NAME BACKEND [DRAFTER_DEVICE]
   local name=$1 be=$2 dd=${3:-}
   python3 -m measure.validation_run --out "$WORK/$name" --target "$PV" --drafter "$PV" --dataset "$WORK/ds" \
     --n-requests "$NV" --backend "$be" --device "$DEV" ${dd:+--drafter-device "$dd"} --dtype "$DT" \
-    --stage-samples "${VAL_STAGES:-4}" --max-minutes "$VMIN" --first-sample "${FIRST:-0}" --stage-prefix "${STAGE_PREFIX:-}"
+    --stage-samples "${VAL_STAGES:-8}" --max-minutes "$VMIN" --first-sample "${FIRST:-0}" --stage-prefix "${STAGE_PREFIX:-}"
 }
 
 for j in "$@"; do

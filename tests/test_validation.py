@@ -113,3 +113,14 @@ def test_per_sample_predictions_pair_with_their_requests():
     assert cells["paired_tost_equivalent"].all() and overall["paired_tost_equivalent_fraction"] == 1.0
     # pairing removes the sample-to-sample spread: far stronger evidence than the unpaired test
     assert (cells["paired_tost_pvalue"] < 0.01 * cells["tost_pvalue"]).all()
+
+
+def test_exact_model_p90_is_the_half_normal_quantile():
+    """A model without error, scored on cells whose measured figure has SE s, shows p90 |error|
+    near 1.645 s (the 90 % point of a half-normal); cells without an SE are ignored."""
+    from egpt_sim.analysis.validation import exact_model_p90
+
+    assert exact_model_p90(np.full(200, 0.012)) == pytest.approx(1.645 * 0.012, rel=0.05)
+    assert exact_model_p90(np.array([0.01, np.nan] * 50)) == pytest.approx(0.01645, rel=0.1)
+    assert np.isnan(exact_model_p90(np.array([np.nan])))
+    assert exact_model_p90(np.full(40, 2.0)) > exact_model_p90(np.full(40, 1.0))

@@ -463,7 +463,9 @@ def load_validation(validation_dir: str | Path | None = None, **compare_kw) -> V
         return ValidationData(False, f"no validation data: {folder} gave zero comparison cells")
     msg = (f"{len(cells)} validation cells from {folder}: median |error| {overall.get('median_abs_error_pct', float('nan')):.1f} %, "
            f"p90 {overall.get('p90_abs_error_pct', float('nan')):.1f} %, "
-           f"TOST-equivalent fraction {overall.get('tost_equivalent_fraction', float('nan')):.2f}")
+           f"p90 |speed-up error| {overall.get('p90_abs_speedup_error', float('nan')):.3f}, "
+           f"TOST-equivalent fraction {overall.get('tost_equivalent_fraction', float('nan')):.2f} "
+           f"(paired {overall.get('paired_tost_equivalent_fraction', float('nan')):.2f})")
     try:
         caption = f"validation: {TraceSet.load(folder).provenance()}"
     except TraceError:
