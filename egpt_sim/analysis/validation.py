@@ -124,14 +124,16 @@ def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, 
     Where the executor replayed per-sample acceptance (a ``replay_source`` with
     ``for_sample``) and the cell names its samples, each measured sample is simulated on its
     own verifications and tail rate (``n_predicted`` split evenly, column ``sample_id``): the
-    prediction of a request is then paired with the request (:func:`paired_tost`). Else one
-    simulation of the pooled source.
+    prediction of a request is then paired with the request (:func:`paired_tost`). Else (or when
+    the trace lacks one of the cell's samples) one simulation of the pooled source.
     """
     src = getattr(ts, "replay_source", None)
     if "sample_id" not in cell or not hasattr(src, "for_sample") or cell["strategy"].iloc[0] == "target_only":
         return _simulate_cell(cell, ts, n_predicted, seed, **config).assign(sample_id=None)
     sids = cell["sample_id"].astype(str)
     samples = sorted(set(sids))
+    if not set(samples) <= set(getattr(src, "sample_ids", ())):  # the trace lacks a sample: pooled
+        return _simulate_cell(cell, ts, n_predicted, seed, **config).assign(sample_id=None)
     per = max(PAIRED_MIN_PER_SAMPLE, -(-n_predicted // len(samples)))
     parts = []
     for i, sid in enumerate(samples):
