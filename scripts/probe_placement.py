@@ -51,6 +51,21 @@ def probe(sample, workers: str, drafter_device: str, a) -> dict:
             "utc": time.strftime("%H:%M:%S", time.gmtime())}
 
 
+def _parent_models(sample, devices: list[str], a) -> None:
+    """Build target and drafter in this process on ``devices``, run one target_only request, free
+    them (the CUDA contexts stay, as in measure.validation_run)."""
+    import gc
+
+    import torch
+
+    pipes = {r: build_pipeline(r, source=a.source, dtype=a.dtype, backend=a.backend, seed=0, device=d)
+             for r, d in zip(("target", "drafter"), devices + devices[-1:])}
+    Executor(pipes["target"], pipes["drafter"], gamma=8).run(sample, "target_only", 8, 0)
+    del pipes
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", required=True)
@@ -61,8 +76,13 @@ def main() -> None:
     ap.add_argument("--backend", default="graphs")
     ap.add_argument("--target-device", default="cuda:0")
     ap.add_argument("--probes", default="processes:cuda:1,processes:cuda:0")
+    ap.add_argument("--parent-models", default="",
+                    help="devices (target,drafter) on which this parent process first builds both models, runs a "
+                         "request and frees them, as validation_run's parent does before its workers start")
     a = ap.parse_args()
     sample = ds.load_dataset(a.dataset, 1)[0]
+    if a.parent_models:
+        _parent_models(sample, a.parent_models.split(","), a)
     for p in a.probes.split(","):
         workers, dev = p.split(":", 1)
         print(json.dumps(probe(sample, workers, dev, a)), flush=True)
