@@ -41,13 +41,17 @@ def tost_equivalence(measured: np.ndarray, predicted: np.ndarray, margin: float 
     m, p = np.asarray(measured, float), np.asarray(predicted, float)
     if len(m) < 2 or len(p) < 2:
         raise ValueError("TOST needs at least 2 measured and 2 predicted values")
-    delta = margin * m.mean()
-    diff = p.mean() - m.mean()
     vm, vp = m.var(ddof=1) / len(m), p.var(ddof=1) / len(p)
-    se = np.sqrt(vm + vp)
+    dof = (vm + vp) ** 2 / (vm**2 / (len(m) - 1) + vp**2 / (len(p) - 1)) if vm + vp > 0 else np.inf
+    return _two_one_sided(p.mean() - m.mean(), np.sqrt(vm + vp), dof, margin * m.mean(), alpha)
+
+
+def _two_one_sided(diff: float, se: float, dof: float, delta: float, alpha: float) -> tuple[bool, float]:
+    """TOST of a mean difference ``diff`` (standard error ``se``, ``dof`` degrees of freedom)
+    against +-``delta``: (equivalent at level alpha, max of the two one-sided p-values); with
+    se = 0 the difference itself decides."""
     if se == 0:
         return bool(abs(diff) < delta), 0.0 if abs(diff) < delta else 1.0
-    dof = (vm + vp) ** 2 / (vm**2 / (len(m) - 1) + vp**2 / (len(p) - 1))
     p_lower = stats.t.sf((diff + delta) / se, dof)  # H0: diff <= -delta
     p_upper = stats.t.cdf((diff - delta) / se, dof)  # H0: diff >= +delta
     p_tost = float(max(p_lower, p_upper))
@@ -128,11 +132,10 @@ def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, 
     the trace lacks one of the cell's samples) one simulation of the pooled source.
     """
     src = getattr(ts, "replay_source", None)
-    if "sample_id" not in cell or not hasattr(src, "for_sample") or cell["strategy"].iloc[0] == "target_only":
-        return _simulate_cell(cell, ts, n_predicted, seed, **config).assign(sample_id=None)
-    sids = cell["sample_id"].astype(str)
-    samples = sorted(set(sids))
-    if not set(samples) <= set(getattr(src, "sample_ids", ())):  # the trace lacks a sample: pooled
+    sids = cell["sample_id"].astype(str) if "sample_id" in cell else None
+    samples = sorted(set(sids)) if sids is not None else []
+    if (not hasattr(src, "for_sample") or cell["strategy"].iloc[0] == "target_only"
+            or not samples or not set(samples) <= set(src.sample_ids)):
         return _simulate_cell(cell, ts, n_predicted, seed, **config).assign(sample_id=None)
     per = max(PAIRED_MIN_PER_SAMPLE, -(-n_predicted // len(samples)))
     parts = []
@@ -169,13 +172,7 @@ def paired_tost(diff_ms: np.ndarray, measured_mean_ms: float, margin: float = 0.
     d = d[np.isfinite(d)]
     if len(d) < 2:
         return False, float("nan")
-    delta, se = margin * measured_mean_ms, d.std(ddof=1) / np.sqrt(len(d))
-    if se == 0:
-        return bool(abs(d.mean()) < delta), 0.0 if abs(d.mean()) < delta else 1.0
-    p_lower = stats.t.sf((d.mean() + delta) / se, len(d) - 1)
-    p_upper = stats.t.cdf((d.mean() - delta) / se, len(d) - 1)
-    p = float(max(p_lower, p_upper))
-    return p < alpha, p
+    return _two_one_sided(d.mean(), d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1, margin * measured_mean_ms, alpha)
 
 
 def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
