@@ -291,10 +291,9 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
     ref = _warm_sample(ex, sample, cfg, sources)
     results = []
     for k, (n, strategy, sigma, rid) in enumerate(sample_cells(cfg, index, sources)):
-        spec = strategy != "target_only"
-        try:
-            r = ex.run(sample, strategy, n, rid, reference=ref.tokens[:n] if spec else None,
-                       replay=sources[sigma][sample.sample_id] if spec else None,
+        try:  # reference: the executor's lossless check (and, for speculative cells, the replay oracle)
+            r = ex.run(sample, strategy, n, rid, reference=ref.tokens[:n],
+                       replay=sources[sigma][sample.sample_id] if strategy != "target_only" else None,
                        replay_seed=_request_seed(cfg.seed, rid), sigma=sigma,
                        window_budget=budgets.get(sigma), record_gaps=True)
         except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
@@ -303,9 +302,7 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
             log(f"FAILED {errors[-1]}")
             continue
         # a mismatch must be a near-tie: the target's top-1/top-2 gap there, in both runs
-        r.row.update(order_in_sample=k, **mismatch_gaps(r.tokens, ref.tokens[:n], r.gaps,
-                                                          None if ref.gaps is None else ref.gaps[:n]))
-        r.row["lossless"] = list(r.tokens) == list(ref.tokens[:n])
+        r.row.update(order_in_sample=k, **mismatch_gaps(r.tokens, ref.tokens, r.gaps, ref.gaps))
         results.append(r)
     if results:
         rows = pd.DataFrame([r.row for r in results])
