@@ -66,6 +66,38 @@ def _parent_models(sample, devices: list[str], a) -> None:
     torch.cuda.empty_cache()
 
 
+def _parent_acceptance(sample, devices: list[str], a) -> None:
+    """As :func:`_parent_models`, but the parent records one acceptance block of ``sample`` with
+    the drafter perturbed from the target (sigma 0.03), as measure.validation_run does: on two
+    devices this copies tensors between the GPUs (peer access) before the workers start."""
+    import gc
+    import tempfile
+
+    import torch
+
+    from measure.acceptance import record_acceptance
+
+    pipes = {r: build_pipeline(r, source=a.source, dtype=a.dtype, backend=a.backend, seed=0, device=d)
+             for r, d in zip(("target", "drafter"), devices + devices[-1:])}
+    with tempfile.TemporaryDirectory() as tmp:
+        record_acceptance(pipes["target"], pipes["drafter"], [sample], sigma=0.03, run_id="p", out_dir=tmp,
+                          drafter_context="target", gamma=8, n_blocks=1)
+    del pipes
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _parent_p2p(devices: list[str]) -> None:
+    """Only a cross-device copy in the parent (enables peer access between the two GPUs)."""
+    import torch
+
+    x = torch.ones(1 << 20, device=devices[1])
+    torch.cuda.synchronize(devices[1])
+    y = x.to(devices[0])
+    torch.cuda.synchronize(devices[0])
+    del x, y
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", required=True)
@@ -79,10 +111,18 @@ def main() -> None:
     ap.add_argument("--parent-models", default="",
                     help="devices (target,drafter) on which this parent process first builds both models, runs a "
                          "request and frees them, as validation_run's parent does before its workers start")
+    ap.add_argument("--parent-acceptance", default="",
+                    help="devices (target,drafter) on which this parent records one acceptance block first, "
+                         "as validation_run's parent does (cross-GPU copies when the devices differ)")
+    ap.add_argument("--parent-p2p", default="", help="devices (a,b): the parent only copies a tensor b -> a first")
     a = ap.parse_args()
     sample = ds.load_dataset(a.dataset, 1)[0]
     if a.parent_models:
         _parent_models(sample, a.parent_models.split(","), a)
+    if a.parent_acceptance:
+        _parent_acceptance(sample, a.parent_acceptance.split(","), a)
+    if a.parent_p2p:
+        _parent_p2p(a.parent_p2p.split(","))
     for p in a.probes.split(","):
         workers, dev = p.split(":", 1)
         print(json.dumps(probe(sample, workers, dev, a)), flush=True)
