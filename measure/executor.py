@@ -478,6 +478,23 @@ class Executor:
         return build_result(req, sample.sample_id, rows, outs["target"], outs.get("drafter"), self.placement,
                             self.workers, sigma)
 
+    def stage_alone(self, sample, cfg) -> dict[str, Any]:
+        """role -> RoleOutcome of the stage protocol, alone, on the executor's pipelines and
+        streams (see :meth:`ProcessExecutor.stage_alone`)."""
+        from measure.stages import run_alone
+
+        outs = {}
+        for role, pipe in (("target", self.target), ("drafter", self.drafter)):
+            if pipe is None:
+                continue
+            stack = contextlib.ExitStack()
+            if self.streams.get(role) is not None:
+                stack.enter_context(torch.cuda.device(pipe.device))
+                stack.enter_context(torch.cuda.stream(self.streams[role]))
+            with stack:
+                outs[role] = run_alone(pipe, sample, cfg)
+        return outs
+
     def _guard(self, outs: dict, role: str, fn, pipe, *args) -> None:
         """Run one role in this thread, on its stream; an exception is handed to the caller."""
         stack = contextlib.ExitStack()
@@ -512,6 +529,9 @@ def _worker(role: str, build: dict[str, Any], commands, results, inbox_end, outb
         stack.enter_context(torch.cuda.stream(torch.cuda.Stream(pipe.device)))  # once per worker
     with stack:
         while (item := commands.get()) is not None:
+            if item[0] == STAGES_COMMAND:  # the stage protocol, alone, in this serving process
+                _worker_stages(role, pipe, item[1], item[2], results)
+                continue
             sample, req = item
             inbox.poll()  # drop what earlier requests left (messages carry request ids anyway)
             timer = StageTimer(pipe.device, Clock((pipe.device,), host0_s=req.host0_s))
@@ -521,6 +541,21 @@ def _worker(role: str, build: dict[str, Any], commands, results, inbox_end, outb
             except Exception as exc:  # noqa: BLE001 - one failed request must not end the worker
                 results.put(("error", role, req.request_id, f"{type(exc).__name__}: "
                                                             f"{(str(exc).splitlines() or [''])[0]}"))
+
+
+STAGES_COMMAND = "stages"  # worker command: (STAGES_COMMAND, sample, measure.stages.StageConfig)
+STAGES_REQUEST_ID = -2      # request id of its reply
+
+
+def _worker_stages(role: str, pipe, sample, cfg, results) -> None:
+    """One sample of :func:`measure.stages.run_alone` in a worker; the outcome (or a one-line
+    error) goes back on ``results`` under :data:`STAGES_REQUEST_ID`."""
+    from measure.stages import run_alone
+
+    try:
+        results.put(("stages", role, STAGES_REQUEST_ID, run_alone(pipe, sample, cfg)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        results.put(("error", role, STAGES_REQUEST_ID, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
 
 
 class ProcessExecutor:
@@ -598,6 +633,24 @@ class ProcessExecutor:
         rows = [r for role in roles for r in span_rows(outs[role][0], role, self.devices[role], request_id)]
         return build_result(req, sample.sample_id, rows, outs["target"][1], outs.get("drafter", (0, None))[1],
                             self.placement, self.workers, sigma)
+
+    def stage_alone(self, sample, cfg) -> dict[str, Any]:
+        """role -> :class:`measure.stages.RoleOutcome`: the stage protocol (``alone``: one role
+        at a time, the other idle) run by the serving workers themselves, in their processes,
+        on their models, graphs and streams (``cfg``: a ``measure.stages.StageConfig``)."""
+        outs = {}
+        for role in ("target", "drafter"):
+            if role not in self.procs:
+                continue
+            self.commands[role].put((STAGES_COMMAND, sample, cfg))
+            while role not in outs:
+                kind, r, rid, payload = self._get()
+                if rid != STAGES_REQUEST_ID or r != role:
+                    continue
+                if kind == "error":
+                    raise RuntimeError(f"{role} worker, stage protocol: {payload}")
+                outs[role] = payload
+        return outs
 
     def close(self) -> None:
         for q in self.commands.values():

@@ -104,7 +104,51 @@ def _stage_timings(cfg: ValidationConfig, data: str, out: Path, resume: bool, lo
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return errors
+    return ok, errors
+
+
+SERVING_GAMMAS = (1, 2, 4, 8)  # verify lengths of the serving-process stage rows (the executor captured 1..gamma+1)
+
+
+def serving_stage_run_id(cfg: ValidationConfig, frames: int = 8) -> str:
+    return f"{cfg.stage_prefix}{cfg.dtype}-{cfg.backend}-alone-serving-f{frames}"
+
+
+def _stage_timings_serving(cfg: ValidationConfig, ex, infos: dict, data: str, stage_runs: list[str], out: Path,
+                           resume: bool, log: Callable) -> list[str]:
+    """The stage protocol (``alone``) once more, run by the executor's own workers on their models,
+    graphs and streams, over the stage runs' samples: run ``<prefix><dtype>-<backend>-alone-serving-f8``,
+    metadata ``harness="serving_workers"`` and ``harness_of`` (this call's stage runs).
+
+    Why: the same graph decode step measured 6.9-7.1 ms in measure.stages' interleaved runs and
+    7.5-7.9 ms in every standalone process and executor worker on the same leases (README,
+    validation item 3); the simulator rescales this call's stage rows by serving / stage-run
+    medians (``egpt_sim.traces.harness``), keeping their contention factors.
+    """
+    from measure import dataset as ds
+    from measure import provenance
+    from measure.stages import SPAN_DEFINITION, MeasuredRun, StageConfig, run_interleaved
+    from measure.timing import gpu_method
+    from measure.writer import TraceWriter
+
+    run_id = serving_stage_run_id(cfg)
+    scfg = StageConfig(decode_steps=cfg.stage_decode_steps, gammas=SERVING_GAMMAS, placement="alone",
+                       concurrency="none", backend=cfg.backend, warmup_samples=0)
+    method = gpu_method(cfg.target_device, "host")
+    meta = provenance.run_metadata(
+        model_info=infos, devices=[cfg.target_device, cfg.drafter_device or cfg.target_device], dtype=cfg.dtype,
+        quant=None, timing={"gpu_stages": method, "cpu_stages": "perf_counter", "span": SPAN_DEFINITION},
+        placement="alone", concurrency="none", workers=ex.workers, harness="serving_workers",
+        harness_of=list(stage_runs), frames=8, roles=["target", "drafter"], decode_steps=scfg.decode_steps,
+        gammas=list(scfg.gammas), warmup_samples=0, decode_backend=cfg.backend, dataset=str(data),
+        warm_shapes="a sample whose prompt length is new to the run is run twice and its second pass recorded")
+    samples = ds.load_dataset(data, cfg.stage_samples)
+    res = run_interleaved([MeasuredRun(run_id, scfg, lambda s: ex.stage_alone(s, scfg),
+                                       TraceWriter(out, run_id, meta, resume=resume))], samples, progress=False)[run_id]
+    if isinstance(res, str):
+        return [f"{run_id}: NoSamplesError: {res}"]
+    log(f"{run_id}: {res['samples_ok']} samples OK, {res['samples_failed']} failed (serving workers)")
+    return []
 
 
 def _replay_sources(out: Path, run_id: str, pooled: bool = False):
@@ -171,7 +215,7 @@ def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = Fa
     last = cfg.first_sample + cfg.n_requests
     data = cfg.dataset or str(synthetic.generate(out / "dataset", synthetic.SynthConfig(n_samples=last, seed=cfg.seed)))
     samples = ds.load_dataset(data, last)[cfg.first_sample:]
-    errors = _stage_timings(cfg, data, out, resume, log) if cfg.stage_samples > 0 else []
+    stage_runs, errors = _stage_timings(cfg, data, out, resume, log) if cfg.stage_samples > 0 else ([], [])
 
     # seeded random: weights -> the parent (acceptance) and the workers (executor) hold the same
     # models, and so do later calls topping the grid up (unseeded, two calls' weights differed and
@@ -211,6 +255,9 @@ def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = Fa
         ex = Executor(target, drafter, gamma=cfg.gamma, lookahead_blocks=cfg.lookahead_blocks)
         infos = {"target": target.info, "drafter": drafter.info}
     try:
+        _warmup(ex, samples[0], cfg, sources)
+        if stage_runs:
+            errors += _stage_timings_serving(cfg, ex, infos, data, stage_runs, out, resume, log)
         _run_grid(cfg, ex, infos, samples, sources, budgets, out, resume, errors, t_start, log)
     finally:
         if isinstance(ex, ProcessExecutor):
@@ -238,7 +285,6 @@ def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: di
         sample_warmup=SAMPLE_WARMUP, cell_order=CELL_ORDER if cfg.shuffle else "N by N, target_only first")
     run_key = executor_run_id(cfg)
     schema.write_metadata(out, {run_key: meta})
-    _warmup(ex, samples[0], cfg, sources)
     log(f"[{time.perf_counter() - t_start:6.1f}s] warm-up done; grid of {len(samples)} samples")
 
     done = _done_samples(out) if resume else set()

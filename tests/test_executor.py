@@ -285,3 +285,23 @@ def test_sample_cells_are_shuffled_per_sample_with_stable_request_ids():
     ids = {c[:3]: c[3] for c in fixed}
     assert all(ids[c[:3]] == c[3] for c in a)
     assert not any(c[2] == 0.1 for c in sample_cells(cfg, 3, {0.01: {}}))  # a sigma without a trace: no cells
+
+
+def test_stage_protocol_runs_inside_both_executors(samples):
+    """``stage_alone``: measure.stages' alone protocol on the executor's own pipelines (threads)
+    and inside its worker processes, one role at a time: the same spans as a stage run."""
+    from measure.executor import ProcessExecutor
+    from measure.stages import StageConfig, run_alone
+
+    cfg = StageConfig(decode_steps=3, gammas=(1, 2))
+    build = {r: dict(source="random:tiny", dtype="fp32", device="cpu", seed=3) for r in ("target", "drafter")}
+    pipes = {r: build_pipeline(r, **b) for r, b in build.items()}
+    want = [(s["stage"], s.get("gamma")) for s in run_alone(pipes["target"], samples[0], cfg).spans]
+    outs = {"threads": Executor(pipes["target"], pipes["drafter"], gamma=2).stage_alone(samples[0], cfg)}
+    with ProcessExecutor(build, gamma=2) as procs:
+        outs["processes"] = procs.stage_alone(samples[0], cfg)
+        assert procs.run(samples[0], "target_only", 4).row["lossless"] is None  # the workers serve on after it
+    for kind, out in outs.items():
+        assert set(out) == {"target", "drafter"} and not any(o.error for o in out.values()), kind
+        assert [(s["stage"], s.get("gamma")) for s in out["target"].spans] == want, kind
+        assert sum(s["stage"] == "decode_step" for s in out["drafter"].spans) == 3, kind

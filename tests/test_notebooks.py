@@ -288,6 +288,14 @@ def test_05_plots_measured_vs_predicted_from_a_cpu_validation_run(tmp_path):
     assert sorted(f.name for f in run.figures) == ["activity_residuals.png", "measured_vs_predicted.png"]
     strategies = set(results["strategy"])
     assert s["n_residual_rows"] >= len(strategies) * 4  # every strategy: at least load..prefill of the target
+    # the stage protocol was also run by the executor's workers, naming the stage runs it corrects
+    st = pd.read_parquet(val / "stage_timings.parquet")
+    runs = json.loads((val / "metadata.json").read_text())["runs"]
+    serving = [r for r, m in runs.items() if m.get("harness") == "serving_workers"]
+    assert len(serving) == 1
+    rows = st[(st["run_id"] == serving[0]) & (st["stage"] == "decode_step")]
+    assert set(rows["role"]) == {"target", "drafter"} and set(rows["sample_id"]) == set(st["sample_id"])
+    assert runs[serving[0]]["harness_of"] and set(runs[serving[0]]["harness_of"]) <= set(st["run_id"])
 
 
 @pytest.mark.notebooks

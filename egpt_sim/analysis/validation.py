@@ -25,6 +25,7 @@ from scipy import stats
 
 from ..sim.config import SimConfig
 from ..sim.runner import draw_bank, simulate
+from ..traces.harness import factor_summary
 from ..traces.schema import TraceError
 from ..traces.traceset import TraceSet
 from .executor_rows import executor_stage_rows, span_rows
@@ -465,6 +466,9 @@ def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "au
         overall = _overall(cells[~cells["calibration"]]) | {
             "calibrated_on": "the target's stage rows from the executor's target_only requests (other cells)"}
     overall["contention_concurrency"] = concurrency
+    serving = factor_summary(TraceSet.load(path).serving_factors)
+    if serving:
+        overall["serving_factors"] = serving
     return cells, overall
 
 

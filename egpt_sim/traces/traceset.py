@@ -20,6 +20,9 @@ Assumptions (stated once, used everywhere):
   pooled curve (median per gamma over all samples).
 * Contention is a *rate* model keyed by (role, stage, peer activity); see
   :mod:`egpt_sim.traces.contention`.
+* Stage rows are what the *serving processes* would run: a trace set holding stage-protocol
+  rows timed inside the executor's workers (``harness="serving_workers"``) has the GPU rows
+  of the stage runs they name rescaled at load (:mod:`egpt_sim.traces.harness`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import pandas as pd
 from . import schema
 from .contention import (ContentionModel, CpuLane, Fit, fit_cpu_lane, fit_factors, infer_peer_activity, resolve,
                          uniform_model)
+from .harness import apply_serving_harness
 from .schema import TraceError
 
 PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")
@@ -90,6 +94,8 @@ class TraceSet:
     metadata: dict[str, Any]
     path: str = "<memory>"
     _cache: dict = field(default_factory=dict, repr=False)
+    # serving-harness factors applied at load (:mod:`egpt_sim.traces.harness`; empty: none)
+    serving_factors: pd.DataFrame | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -103,7 +109,8 @@ class TraceSet:
         acc = None
         if schema._table_path(path, schema.ACCEPTANCE_FILE) is not None:
             acc = schema.read_table(path, schema.ACCEPTANCE_FILE)
-        ts = cls(st, acc, meta, str(path))
+        st, factors = apply_serving_harness(st, meta)
+        ts = cls(st, acc, meta, str(path), serving_factors=factors)
         ts._check_has_samples()
         return ts
 
@@ -112,7 +119,8 @@ class TraceSet:
                     metadata: dict[str, Any], path: str = "<memory>") -> "TraceSet":
         st = schema.validate(stage_timings, schema.STAGE_TIMINGS_FILE, path)
         acc = None if acceptance is None else schema.validate(acceptance, schema.ACCEPTANCE_FILE, path)
-        ts = cls(st, acc, metadata, path)
+        st, factors = apply_serving_harness(st, metadata)
+        ts = cls(st, acc, metadata, path, serving_factors=factors)
         ts._check_has_samples()
         return ts
 

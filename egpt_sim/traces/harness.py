@@ -1,0 +1,107 @@
+"""Serving-harness correction of stage rows (torch-free).
+
+A stage run times each activity in its own measuring process. The serving processes (the
+executor's workers) can run the same activity at another speed: on H200 leases the target's
+graph decode step took 6.9-7.1 ms in ``measure.stages``' interleaved runs and 7.5-7.9 ms in
+every standalone process and executor worker (README, validation item 3; cause not found).
+``measure.validation_run`` therefore also runs the stage protocol (``alone``) *inside the
+executor's workers*, over the stage runs' samples, before any timed request: a run whose
+metadata says ``harness="serving_workers"`` and names the call's stage runs in
+``harness_of``.
+
+Model: a GPU activity costs the stage run's time x a **serving factor** per (role, activity
+[, gamma for verify]) = median duration in the serving workers / median ``alone`` duration
+in the stage runs it names. Every row of those stage runs (alone and beside a peer) is
+rescaled by it, so the contention factors the stage runs measured are kept and the
+per-sample spread too. CPU activities (load, preprocess) are left as measured. The serving
+rows themselves are dropped afterwards (they only set the factors). Nothing in the
+executor's timed requests enters.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+HARNESS_SERVING = "serving_workers"
+GPU_ACTIVITIES = ("vision_encode", "prefill", "verify", "decode_step")
+
+
+def serving_runs(metadata: Mapping) -> dict[str, list[str]]:
+    """Serving-harness run id -> the stage run ids it corrects (``harness_of``)."""
+    runs = (metadata or {}).get("runs", {})
+    return {rid: list(m.get("harness_of") or []) for rid, m in runs.items()
+            if isinstance(m, Mapping) and m.get("harness") == HARNESS_SERVING}
+
+
+def _median(rows: pd.DataFrame) -> float:
+    return float(np.median(rows["duration_ms"])) if len(rows) else float("nan")
+
+
+def harness_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
+    """One row per (serving run, role, stage, gamma): ``factor`` = serving / stage-run median
+    ``duration_ms`` (``gamma`` NaN except for verify; a verify gamma the serving run did not
+    time gets the median factor of those it did, ``gamma_from="pooled"``)."""
+    cols = ["serving_run", "role", "stage", "gamma", "factor", "serving_ms", "stage_ms", "n_serving", "n_stage",
+            "gamma_from"]
+    ok = stage_timings[stage_timings["status"] == "ok"] if "status" in stage_timings else stage_timings
+    out = []
+    for rid, of in serving_runs(metadata).items():
+        w = ok[ok["run_id"] == rid]
+        r = ok[ok["run_id"].isin(of) & (ok["placement"] == "alone")]
+        for (role, stage), ws in w[w["stage"].isin(GPU_ACTIVITIES)].groupby(["role", "stage"]):
+            rs = r[(r["role"] == role) & (r["stage"] == stage)]
+            if rs.empty:
+                continue
+            if stage != "verify":
+                out.append([rid, role, stage, np.nan, _median(ws) / _median(rs), _median(ws), _median(rs),
+                            len(ws), len(rs), "own"])
+                continue
+            per = {}
+            for g, rg in rs.groupby("gamma"):
+                wg = ws[ws["gamma"] == g]
+                if len(wg):
+                    per[g] = _median(wg) / _median(rg)
+                    out.append([rid, role, stage, float(g), per[g], _median(wg), _median(rg), len(wg), len(rg), "own"])
+            pooled = float(np.median(list(per.values()))) if per else _median(ws) / _median(rs)
+            for g, rg in rs.groupby("gamma"):
+                if g not in per:
+                    out.append([rid, role, stage, float(g), pooled, np.nan, _median(rg), 0, len(rg), "pooled"])
+    return pd.DataFrame(out, columns=cols)
+
+
+def apply_serving_harness(stage_timings: pd.DataFrame, metadata: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """-> (stage rows rescaled by :func:`harness_factors`, without the serving runs' rows; the
+    factors). Without serving runs the rows come back unchanged and the factors empty."""
+    runs = serving_runs(metadata)
+    if not runs:
+        return stage_timings, harness_factors(stage_timings.iloc[:0], {})
+    factors = harness_factors(stage_timings, metadata)
+    rows = stage_timings[~stage_timings["run_id"].isin(list(runs))].copy()
+    scale = np.ones(len(rows))
+    for f in factors.itertuples(index=False):
+        m = rows["run_id"].isin(runs[f.serving_run]) & (rows["role"] == f.role) & (rows["stage"] == f.stage)
+        if f.stage == "verify":
+            m &= rows["gamma"] == f.gamma
+        m = m.to_numpy(dtype=bool)
+        scale[m] = f.factor
+    for col in ("duration_ms", "gpu_ms"):
+        if col in rows:
+            rows[col] = rows[col].to_numpy(dtype=float) * scale
+    return rows.reset_index(drop=True), factors
+
+
+def drop_serving_rows(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
+    """The stage rows without the serving-harness runs (modes that calibrate otherwise)."""
+    runs = list(serving_runs(metadata))
+    return stage_timings[~stage_timings["run_id"].isin(runs)].reset_index(drop=True) if runs else stage_timings
+
+
+def factor_summary(factors: pd.DataFrame) -> dict[str, float]:
+    """``role/stage`` -> median serving factor over runs (and verify gammas timed), rounded."""
+    if factors.empty:
+        return {}
+    own = factors[factors["gamma_from"] == "own"]
+    return {f"{r}/{s}": round(float(g["factor"].median()), 4) for (r, s), g in own.groupby(["role", "stage"])}

@@ -1,0 +1,81 @@
+"""Serving-harness correction (egpt_sim.traces.harness): hand-computed factors on a synthetic set."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from egpt_sim.traces import schema
+from egpt_sim.traces.examples import stage_rows
+from egpt_sim.traces.harness import (apply_serving_harness, drop_serving_rows, factor_summary, harness_factors,
+                                     serving_runs)
+from egpt_sim.traces.traceset import TraceSet
+
+PHASE = {"target": {"load": 40.0, "preprocess": 40.0, "vision_encode": 10.0, "prefill": 140.0},
+         "drafter": {"load": 3.0, "preprocess": 3.0, "vision_encode": 9.0, "prefill": 22.0}}
+PROMPT, FRAMES = {"target": 4630, "drafter": 636}, {"target": 8, "drafter": 1}
+
+
+def _rows(run_id, decode, verify, shared: bool, phase=PHASE, samples=("s0", "s1")):
+    def keep(role, stage, sh):
+        return sh is False or (shared and stage not in schema.CPU_STAGES and stage != "verify")
+
+    def duration(role, stage, sh, ms):
+        return ms * (2.0 if sh else 1.0)  # a shared-GPU factor of 2 on every GPU row
+
+    return pd.DataFrame(stage_rows(run_id, list(samples), PROMPT, FRAMES, phase, decode, verify, 4, keep, duration))
+
+
+def _set(serving_decode_t=7.7, serving_verify=None):
+    stage = _rows("fp16-graphs-alone-none-f8", {"target": 7.0, "drafter": 6.5}, {1: 10.0, 8: 11.0, 16: 12.0}, True)
+    phase = {r: {**v, "load": v["load"] * 3} for r, v in PHASE.items()}  # CPU rows differ: never rescaled
+    serving = _rows("fp16-graphs-alone-serving-f8", {"target": serving_decode_t, "drafter": 7.15},
+                    serving_verify or {1: 11.0, 8: 12.1}, False, phase=phase)
+    meta = {"runs": {"fp16-graphs-alone-none-f8": {"placement": "alone"},
+                     "fp16-graphs-alone-serving-f8": {"harness": "serving_workers",
+                                                      "harness_of": ["fp16-graphs-alone-none-f8"]}}}
+    return pd.concat([stage, serving], ignore_index=True), meta
+
+
+def test_factors_hand_computed():
+    st, meta = _set()
+    assert serving_runs(meta) == {"fp16-graphs-alone-serving-f8": ["fp16-graphs-alone-none-f8"]}
+    f = harness_factors(st, meta)
+    assert f[(f.role == "target") & (f.stage == "decode_step")]["factor"].item() == pytest.approx(1.1)
+    assert f[(f.role == "drafter") & (f.stage == "decode_step")]["factor"].item() == pytest.approx(1.1)
+    ver = f[(f.role == "target") & (f.stage == "verify")].set_index("gamma")
+    assert ver.loc[1.0, "factor"] == pytest.approx(1.1) and ver.loc[8.0, "factor"] == pytest.approx(1.1)
+    assert ver.loc[16.0, "gamma_from"] == "pooled" and ver.loc[16.0, "factor"] == pytest.approx(1.1)
+    assert not f["stage"].isin(schema.CPU_STAGES).any()  # CPU activities are never rescaled
+    assert factor_summary(harness_factors(st, meta))["target/prefill"] == pytest.approx(1.0)
+
+
+def test_apply_rescales_alone_and_shared_rows_and_drops_serving_rows():
+    st, meta = _set()
+    rows, factors = apply_serving_harness(st, meta)
+    assert not rows["run_id"].str.contains("serving").any()
+    t = rows[(rows.role == "target") & (rows.stage == "decode_step")]
+    assert t[t.placement == "alone"]["duration_ms"].tolist() == pytest.approx([7.7] * 8)
+    assert t[t.placement == "shared_gpu"]["duration_ms"].tolist() == pytest.approx([15.4] * 8)  # factor 2 kept
+    v16 = rows[(rows.stage == "verify") & (rows.gamma == 16)]["duration_ms"]
+    assert v16.tolist() == pytest.approx([13.2, 13.2])
+    load = rows[rows.stage == "load"]["duration_ms"]
+    assert load.tolist() == pytest.approx(st[(st.stage == "load") & ~st.run_id.str.contains("serving")]["duration_ms"].tolist())
+
+
+def test_no_serving_runs_is_the_identity():
+    st, meta = _set()
+    st = st[~st.run_id.str.contains("serving")]
+    rows, factors = apply_serving_harness(st, {"runs": {}})
+    assert rows is st and factors.empty
+    assert drop_serving_rows(st, {"runs": {}}) is st
+
+
+def test_traceset_applies_it_at_load(tmp_path):
+    st, meta = _set(serving_decode_t=8.4)
+    schema.write_table(st, tmp_path / "stage_timings.parquet", schema.STAGE_TIMINGS_FILE)
+    schema.write_metadata(tmp_path, meta["runs"])
+    ts = TraceSet.load(tmp_path)
+    assert np.median(ts.durations_ms("target", "decode_step")) == pytest.approx(8.4)
+    assert factor_summary(ts.serving_factors)["target/decode_step"] == pytest.approx(1.2)
+    again = TraceSet.from_frames(ts.stage_timings, None, ts.metadata)  # idempotent: serving rows are gone
+    assert np.median(again.durations_ms("target", "decode_step")) == pytest.approx(8.4)
