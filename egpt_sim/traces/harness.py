@@ -13,7 +13,8 @@ Model: a GPU activity costs the stage run's time x a **serving factor** per (rol
 [, gamma for verify]) = median duration in the serving workers / median ``alone`` duration
 in the stage runs it names. Every row of those stage runs (alone and beside a peer) is
 rescaled by it, so the contention factors the stage runs measured are kept and the
-per-sample spread too. CPU activities (load, preprocess) are left as measured. The serving
+per-sample spread too. Only the serving loop's passes (decode steps, verify) are rescaled
+(:data:`GPU_ACTIVITIES` says why); CPU activities, vision encode and prefill are left as measured. The serving
 rows themselves are dropped afterwards (they only set the factors). Nothing in the
 executor's timed requests enters.
 """
@@ -26,7 +27,11 @@ import numpy as np
 import pandas as pd
 
 HARNESS_SERVING = "serving_workers"
-GPU_ACTIVITIES = ("vision_encode", "prefill", "verify", "decode_step")
+# The serving loop's passes. Prefill and vision encode are left as the stage runs measured them:
+# their serving factors were 0.94-1.02 on two GPUs, and on one GPU the serving workers' alone
+# drafter prefill read 22-40 ms (stage run 21.5, the executor's own requests 25): the idle peer
+# worker perturbs a host-bound eager prefill there, so that factor measures the protocol, not serving.
+GPU_ACTIVITIES = ("verify", "decode_step")
 
 
 def serving_runs(metadata: Mapping) -> dict[str, list[str]]:
