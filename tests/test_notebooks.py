@@ -286,6 +286,7 @@ def test_05_plots_measured_vs_predicted_from_a_cpu_validation_run(tmp_path):
     assert s["n_cells"] == len(results.groupby(["strategy", "output_tokens", results["sigma"].fillna(0.1)]))
     assert s["validation_overall"]["n_cells"] == s["n_cells"] and s["validation_overall"]["median_abs_error_pct"] >= 0
     assert sorted(f.name for f in run.figures) == ["activity_residuals.png", "measured_vs_predicted.png"]
+    assert s["n_summary_rows"] > 0  # every bundled H200 grid, from its validation_overall.json
     strategies = set(results["strategy"])
     assert s["n_residual_rows"] >= len(strategies) * 4  # every strategy: at least load..prefill of the target
     # the stage protocol was also run by the executor's workers, naming the stage runs it corrects

@@ -124,3 +124,20 @@ def test_exact_model_p90_is_the_half_normal_quantile():
     assert exact_model_p90(np.array([0.01, np.nan] * 50)) == pytest.approx(0.01645, rel=0.1)
     assert np.isnan(exact_model_p90(np.array([np.nan])))
     assert exact_model_p90(np.full(40, 2.0)) > exact_model_p90(np.full(40, 1.0))
+
+
+def test_validation_summary_reads_each_folders_overall_json(tmp_path):
+    import json
+
+    from egpt_sim.analysis.tables import validation_summary
+
+    (tmp_path / "validation-a").mkdir()
+    (tmp_path / "validation-b").mkdir()  # not scored yet: left out
+    (tmp_path / "validation-a" / "validation_overall.json").write_text(json.dumps(
+        {"stages": {"n_cells": 40, "median_abs_error_pct": 1.5, "p90_abs_speedup_error": 0.03},
+         "lossless": {"n_requests": 10}}))
+    got = validation_summary(tmp_path)
+    assert got[["folder", "mode", "cells", "median |err| %", "p90 |speed-up err|"]].values.tolist() == [
+        ["validation-a", "stages", 40, 1.5, 0.03]]
+    assert np.isnan(got["TOST paired"].iloc[0])  # a figure the file lacks is NaN, not 0
+    assert validation_summary(tmp_path / "validation-b").empty

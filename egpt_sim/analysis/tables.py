@@ -473,6 +473,28 @@ def load_validation(validation_dir: str | Path | None = None, **compare_kw) -> V
     return ValidationData(True, msg, cells, dict(overall), caption)
 
 
+SUMMARY_COLUMNS = {"n_cells": "cells", "median_abs_error_pct": "median |err| %", "p90_abs_error_pct": "p90 |err| %",
+                   "max_abs_error_pct": "max |err| %", "p90_abs_speedup_error": "p90 |speed-up err|",
+                   "paired_tost_equivalent_fraction": "TOST paired", "p90_abs_error_pct_if_exact": "exact-model p90 %",
+                   "p90_abs_speedup_error_if_exact": "exact-model p90 speed-up"}
+
+
+def validation_summary(root: str | Path = "h200") -> pd.DataFrame:
+    """One row per (validation folder, mode) under ``root`` (a bundled name or a path): the figures
+    ``python -m egpt_sim.validation`` wrote to each folder's ``validation_overall.json`` (nothing is
+    re-simulated; a folder not yet scored is left out). Empty frame when there are none."""
+    import json
+
+    base = Path(root) if Path(root).is_dir() else DATA_DIR / str(root)
+    rows = []
+    for f in sorted(base.glob("validation*/validation_overall.json")):
+        for mode, o in json.loads(f.read_text()).items():
+            if isinstance(o, dict) and "n_cells" in o:
+                rows.append({"folder": f.parent.name, "mode": mode,
+                             **{label: o.get(key, np.nan) for key, label in SUMMARY_COLUMNS.items()}})
+    return pd.DataFrame(rows, columns=["folder", "mode", *SUMMARY_COLUMNS.values()])
+
+
 def load_residuals(validation_dir: str | Path | None = None, n_predicted: int = 100) -> pd.DataFrame | None:
     """Per-activity residuals (executor vs simulated median duration and count per request,
     :func:`egpt_sim.analysis.validation.activity_residuals`) of a validation folder; None when the folder
