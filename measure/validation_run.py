@@ -288,18 +288,30 @@ def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: di
     log(f"[{time.perf_counter() - t_start:6.1f}s] warm-up done; grid of {len(samples)} samples")
 
     done = _done_samples(out) if resume else set()
+    loop_gaps: dict[str, list[float]] = {}
     for i, sample in enumerate(samples):
         if sample.sample_id in done:
             continue
         if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
             log(f"time budget of {cfg.max_minutes} min spent: stopping before sample {i + 1}")
             break
-        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, budgets, out, errors, log)
+        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, budgets, out, errors, log, loop_gaps)
         ok = sum(bool(r["lossless"]) for r in rows)
         log(f"[{time.perf_counter() - t_start:6.1f}s] sample {i + 1}/{len(samples)}: {len(rows)} requests, "
             f"lossless {ok}/{len(rows)}")
     schema.write_metadata(out, {run_key: {**meta, "errors": errors, "models_after": infos,
                                              "wall_s": round(time.perf_counter() - t_start, 1)}})
+    _record_loop_gaps(out, serving_stage_run_id(cfg), loop_gaps)
+
+
+def _record_loop_gaps(out: Path, run_id: str, loop_gaps: dict[str, list[float]]) -> None:
+    """Add the serving loop's gaps between passes (raw, ms) to the serving stage run's metadata
+    (``serving_loop_gaps_ms``), when that run exists: the simulator's per-pass host gap."""
+    runs = schema.read_metadata(out).get("runs", {})
+    if run_id in runs and loop_gaps:
+        schema.write_metadata(out, {run_id: {**runs[run_id], "serving_loop_gaps_ms": loop_gaps,
+                                             "serving_loop_source": "the untimed reference (target_only, longest N) and "
+                                             "warm prefill_then_verify requests of every sample (measure.validation_run)"}})
 
 
 def sample_cells(cfg: ValidationConfig, index: int, sources: dict) -> list[tuple[int, str, float, int]]:
@@ -331,10 +343,10 @@ CELL_ORDER = ("per sample: an untimed target_only request of the longest N is th
 
 
 def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, budgets: dict, out: Path,
-                errors: list[str], log: Callable) -> list[dict]:
+                errors: list[str], log: Callable, loop_gaps: dict | None = None) -> list[dict]:
     """Every cell of one sample (:func:`sample_cells`); writes one results and one timeline part;
     returns the rows. Each request is checked against the untimed reference (:func:`_warm_sample`)."""
-    ref = _warm_sample(ex, sample, cfg, sources)
+    ref = _warm_sample(ex, sample, cfg, sources, loop_gaps)
     results = []
     for k, (n, strategy, sigma, rid) in enumerate(sample_cells(cfg, index, sources)):
         try:  # reference: the executor's lossless check (and, for speculative cells, the replay oracle)
@@ -372,13 +384,36 @@ SAMPLE_WARMUP = ("untimed, per sample before its cells: the reference target_onl
                  "length once, +35-40 ms on the first 4.6k-token prefill on an H200) stay out of the timed requests")
 
 
-def _warm_sample(ex: Executor, sample, cfg: ValidationConfig, sources: dict):
+PASS_ACTIVITIES = ("decode_step", "verify", "draft_step")
+
+
+def loop_gaps_ms(timeline: pd.DataFrame | None) -> dict[str, list[float]]:
+    """actor -> host time (ms) between each two consecutive passes (decode, verify, draft) of that
+    actor in one request's timeline: what the serving loop does between GPU spans."""
+    if timeline is None or len(timeline) == 0:
+        return {}
+    out = {}
+    for actor, rows in timeline[timeline["activity"].isin(PASS_ACTIVITIES)].groupby("actor"):
+        rows = rows.sort_values("start_ms")
+        gaps = rows["start_ms"].to_numpy()[1:] - rows["end_ms"].to_numpy()[:-1]
+        if len(gaps):
+            out[str(actor)] = [round(float(g), 4) for g in gaps]
+    return out
+
+
+def _warm_sample(ex: Executor, sample, cfg: ValidationConfig, sources: dict, loop_gaps: dict | None = None):
     """Both roles prefill this sample's prompt once, untimed (:data:`SAMPLE_WARMUP`); returns the
-    reference request (target_only at the longest N, ``record_gaps``)."""
+    reference request (target_only at the longest N, ``record_gaps``). ``loop_gaps`` (actor ->
+    list) collects both requests' gaps between passes (:func:`loop_gaps_ms`): serving-loop traces
+    from requests that are not grid cells."""
     ref = ex.run(sample, "target_only", max(cfg.lengths), record_gaps=True)
+    runs = [ref]
     src = next(iter(sources.values()), {}).get(sample.sample_id) if sources else None
     if src is not None and any(s != "target_only" for s in cfg.strategies):
-        ex.run(sample, "prefill_then_verify", 2, reference=ref.tokens, replay=src, window_budget=cfg.gamma)
+        runs.append(ex.run(sample, "prefill_then_verify", 2, reference=ref.tokens, replay=src, window_budget=cfg.gamma))
+    for r in runs if loop_gaps is not None else ():
+        for actor, gaps in loop_gaps_ms(getattr(r, "timeline", None)).items():
+            loop_gaps.setdefault(actor, []).extend(gaps)
     return ref
 
 

@@ -9,7 +9,8 @@
 #               and processes, interleaved per sample                    -> h200/{graphs,eager}-fp16
 #   frames      graphs, target alone, 1..32 frames                       -> h200/graphs-frames
 #   bench       benchmarks/bench_backends.py (+ instrumentation overhead, both roles)
-#   val1 val2   validation grid, graphs backend, worker processes, 1 GPU / 2 GPUs
+#   val1 val2   validation grid, graphs backend, worker processes, 1 GPU / 2 GPUs (stage runs, then the
+#               stage protocol once more inside the executor's workers: run *-alone-serving-f8)
 #   val1e val2e validation grid, eager backend, threads, 1 GPU / 2 GPUs
 #   quant4      4-bit (bnb nf4) stage set with QUANT_BACKEND (static: bnb kernels under CUDA graphs are
 #               untested); needs bitsandbytes carried in .whl/ (see the device README's wheel recipe)

@@ -305,3 +305,25 @@ def test_stage_protocol_runs_inside_both_executors(samples):
         assert set(out) == {"target", "drafter"} and not any(o.error for o in out.values()), kind
         assert [(s["stage"], s.get("gamma")) for s in out["target"].spans] == want, kind
         assert sum(s["stage"] == "decode_step" for s in out["drafter"].spans) == 3, kind
+
+
+def test_loop_gaps_are_the_host_time_between_one_actors_passes():
+    from types import SimpleNamespace
+
+    from measure.validation_run import ValidationConfig, _warm_sample, loop_gaps_ms
+
+    tl = pd.DataFrame({"actor": ["target"] * 4 + ["drafter"] * 3,
+                       "activity": ["prefill", "decode_step", "verify", "decode_step", "draft_step", "draft_step", "load"],
+                       "start_ms": [0.0, 10.0, 17.5, 30.0, 1.0, 3.5, 0.0],
+                       "end_ms": [9.0, 17.0, 29.0, 37.0, 3.0, 6.0, 1.0]})
+    assert loop_gaps_ms(tl) == {"target": [0.5, 1.0], "drafter": [0.5]}  # prefill and CPU stages are no passes
+    assert loop_gaps_ms(None) == {} and loop_gaps_ms(tl.iloc[:2]) == {}
+
+    class FakeExecutor:
+        def run(self, sample, strategy, n, **kw):
+            return SimpleNamespace(tokens=[1, 2], timeline=tl)
+
+    gaps = {}
+    _warm_sample(FakeExecutor(), SimpleNamespace(sample_id="s"), ValidationConfig(target="random:tiny"),
+                 {0.1: {"s": "src"}}, gaps)
+    assert gaps == {"target": [0.5, 1.0] * 2, "drafter": [0.5] * 2}  # reference + warm prefill_then_verify

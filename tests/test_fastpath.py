@@ -56,10 +56,12 @@ _BANKS: dict = {}
 
 
 def bank_for(cfg: E.SimConfig, traces) -> DrawBank:
+    from egpt_sim.sim.runner import pass_gaps_ms
+
     key = (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
-    if key not in _BANKS:
-        _BANKS[key] = DrawBank(traces, *key)
-    return _BANKS[key]
+    if (key, cfg.pass_gap_ms) not in _BANKS:
+        _BANKS[key, cfg.pass_gap_ms] = DrawBank(traces, *key, pass_gaps_ms(cfg, traces))
+    return _BANKS[key, cfg.pass_gap_ms]
 
 
 def assert_same(cfg: E.SimConfig, traces, aggregate: bool = True, got=None) -> None:
@@ -273,3 +275,29 @@ def test_inferred_peer_activity_set_matches_simpy():
             acceptance=rng.choice((0.0, 0.5, 0.9, 1.0, CURVE)), drafter_speed=rng.choice((1.0, 2.0)),
             n_requests=10, seed=rng.randrange(3))
         _same_on(ts, cfg)
+
+
+@pytest.mark.parametrize("strategy", E.STRATEGY_NAMES)
+@pytest.mark.parametrize("n_gpus", (1, 2))
+def test_serving_loop_gap_matches_simpy_and_adds_exactly(traces, strategy, n_gpus):
+    """A host gap before every pass (``pass_gap_ms``) is drawn once, in the bank: both engines
+    agree, and target_only grows by exactly (N - 1) gaps (one per pass after the prefill)."""
+    for gap in (0.0, 0.25, 3.0):
+        assert_same(E.SimConfig(strategy=strategy, n_gpus=n_gpus, output_tokens=20, gamma=8, acceptance=0.6,
+                                n_requests=15, pass_gap_ms=gap), traces)
+    base, gapped = (E.simulate(E.SimConfig(strategy="target_only", output_tokens=20, n_requests=15,
+                                           pass_gap_ms=g), traces).requests["latency_ms"] for g in (0.0, 0.5))
+    assert np.allclose(gapped - base, 19 * 0.5)
+
+
+def test_pass_gap_draws_and_trace_default(traces):
+    from egpt_sim.sim.runner import draw_bank
+
+    cfg0, cfg1 = E.SimConfig(n_requests=5), E.SimConfig(n_requests=5, pass_gap_ms=0.2)
+    b0, b1 = draw_bank(cfg0, traces), draw_bank(cfg1, traces)
+    assert np.allclose(b1.ensure("target_decode", 10) - b0.ensure("target_decode", 10), 0.2)
+    assert np.allclose(b1.ensure("drafter_decode", 10) - b0.ensure("drafter_decode", 10), 0.2)
+    assert np.allclose(b1.verify_table(8) - b0.verify_table(8), 0.2)
+    assert traces.pass_gap_ms == {"target": 0.0, "drafter": 0.0}  # a set without serving-loop gaps
+    with pytest.raises(ValueError, match="pass_gap_ms"):
+        E.SimConfig(pass_gap_ms=-1.0)

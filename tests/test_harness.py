@@ -79,3 +79,28 @@ def test_traceset_applies_it_at_load(tmp_path):
     assert factor_summary(ts.serving_factors)["target/decode_step"] == pytest.approx(1.2)
     again = TraceSet.from_frames(ts.stage_timings, None, ts.metadata)  # idempotent: serving rows are gone
     assert np.median(again.durations_ms("target", "decode_step")) == pytest.approx(8.4)
+
+
+def test_serving_loop_gap_is_the_pooled_median_of_the_serving_runs():
+    from egpt_sim.traces.harness import serving_gap_ms
+
+    st, meta = _set()
+    runs = dict(meta["runs"])
+    runs["fp16-graphs-alone-serving-f8"] = {**runs["fp16-graphs-alone-serving-f8"],
+                                           "serving_loop_gaps_ms": {"target": [0.1, 0.2, 0.9], "drafter": [0.3]}}
+    runs["b-serving"] = {"harness": "serving_workers", "harness_of": [], "serving_loop_gaps_ms": {"target": [0.25]}}
+    meta = {"runs": runs}
+    assert serving_gap_ms(meta) == pytest.approx({"target": 0.225, "drafter": 0.3})
+    assert serving_gap_ms({"runs": {"x": {"serving_loop_gaps_ms": {"target": [5.0]}}}}) == {}  # not a serving run
+    ts = TraceSet.from_frames(st, None, meta)
+    assert ts.pass_gap_ms == pytest.approx({"target": 0.225, "drafter": 0.3})
+
+
+def test_without_loop_gaps_keeps_everything_else():
+    from egpt_sim.traces.harness import serving_gap_ms, without_loop_gaps
+
+    meta = {"label": "x", "runs": {"s": {"harness": "serving_workers", "harness_of": ["a"],
+                                         "serving_loop_gaps_ms": {"target": [0.2]}}, "a": {"placement": "alone"}}}
+    out = without_loop_gaps(meta)
+    assert serving_gap_ms(out) == {} and serving_gap_ms(meta) == {"target": 0.2}
+    assert out["label"] == "x" and out["runs"]["s"]["harness_of"] == ["a"] and out["runs"]["a"] == {"placement": "alone"}

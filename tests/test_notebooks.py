@@ -297,6 +297,9 @@ def test_05_plots_measured_vs_predicted_from_a_cpu_validation_run(tmp_path):
     rows = st[(st["run_id"] == serving[0]) & (st["stage"] == "decode_step")]
     assert set(rows["role"]) == {"target", "drafter"} and set(rows["sample_id"]) == set(st["sample_id"])
     assert runs[serving[0]]["harness_of"] and set(runs[serving[0]]["harness_of"]) <= set(st["run_id"])
+    gaps = runs[serving[0]]["serving_loop_gaps_ms"]  # the reference requests' host time between passes
+    assert len(gaps["target"]) >= 2 * (10 - 2) and min(gaps["target"]) >= 0
+    assert E.load_traces(val).pass_gap_ms["target"] == pytest.approx(float(np.median(gaps["target"])))
 
 
 @pytest.mark.notebooks

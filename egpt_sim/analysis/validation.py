@@ -25,7 +25,7 @@ from scipy import stats
 
 from ..sim.config import SimConfig
 from ..sim.runner import draw_bank, simulate
-from ..traces.harness import factor_summary
+from ..traces.harness import factor_summary, without_loop_gaps
 from ..traces.schema import TraceError
 from ..traces.traceset import TraceSet
 from .executor_rows import executor_stage_rows, span_rows
@@ -380,7 +380,7 @@ def load_validation_dir(path: str | Path, decode_from: str = "stages",
             raise TraceError(f"{res_file}: no executor requests of output lengths {calibration_lengths} to calibrate on")
         stage_timings, runs = executor_stage_rows(pd.read_parquet(path / "executor_timeline.parquet"), calib,
                                                   stage_timings, executor_concurrency(results))
-        metadata = {**metadata, "runs": {**metadata["runs"], **runs}}
+        metadata = without_loop_gaps({**metadata, "runs": {**metadata["runs"], **runs}})  # cycles hold the gaps
     elif decode_from != "stages":
         raise ValueError(f"decode_from must be one of {MODES}, got {decode_from!r}")
     cache: dict[float, TraceSet] = {}
@@ -575,12 +575,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="where to write validation_cells_*.csv / overall JSON (default: folder)")
     p.add_argument("--predicted", type=int, default=400, help="simulated requests per cell")
     p.add_argument("--residuals", action="store_true", help="also write validation_residuals.csv (per activity)")
+    p.add_argument("--pass-gap-ms", type=float, default=None,
+                   help="diagnostic: host gap before every pass (ms) instead of the folder's recorded serving-loop "
+                        "gaps (0 when none); say where it came from, and write with --out, not over the folder's tables")
     a = p.parse_args(argv)
     out = Path(a.out or a.folder)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
+    extra = {} if a.pass_gap_ms is None else {"pass_gap_ms": a.pass_gap_ms}
     for mode in MODES:
-        cells, overall = compare_dir(a.folder, n_predicted=a.predicted, decode_from=mode)
+        gap = extra if mode != "executor_folds" else {}  # the executor's cycles already hold the gaps there
+        cells, overall = compare_dir(a.folder, n_predicted=a.predicted, decode_from=mode, **gap)
+        overall |= {"pass_gap_ms": a.pass_gap_ms} if gap else {}
         cells.to_csv(out / f"validation_cells_{mode}.csv", index=False, float_format="%.4g")
         summary[mode] = overall
         print(f"\n== decode steps from {mode}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -595,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         results, traces_for = load_validation_dir(a.folder)
         tl = pd.read_parquet(Path(a.folder) / "executor_timeline.parquet")
         res = activity_residuals(results, tl, traces_for, n_predicted=min(a.predicted, 100),
-                                 contention_concurrency=executor_concurrency(results))
+                                 contention_concurrency=executor_concurrency(results), **extra)
         res.to_csv(out / "validation_residuals.csv", index=False, float_format="%.4g")
     lossless = lossless_summary(pd.read_parquet(Path(a.folder) / "executor_results.parquet"))
     print("lossless: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in lossless.items()))

@@ -21,7 +21,7 @@ _WORKER_STATE: dict = {"traces": {}, "banks": {}}
 
 
 def _bank_key(cfg: SimConfig) -> tuple:
-    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages, cfg.scenario_key)
+    return (cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages, cfg.pass_gap_ms, cfg.scenario_key)
 
 
 def _worker_traces(path) -> TraceSet:

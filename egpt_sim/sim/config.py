@@ -55,6 +55,9 @@ class SimConfig:
     drafter_speed : what-if speed-up of the drafter's GPU stages (vision, prefill,
         decode; times are divided). Its CPU stages keep their measured times.
     include_cpu_stages : count stage 1-2 (load, preprocess) in latency.
+    pass_gap_ms : host time (ms) before every decode step, verify pass and draft step of
+        both roles (the serving loop's bookkeeping, in no stage span); None = the trace
+        set's recorded serving-loop gaps (:attr:`TraceSet.pass_gap_ms`; 0 without them).
     lookahead_blocks : parallel_sd drafts up to this many gamma-blocks ahead.
     window_budget : adaptive_budget only: a fixed window budget (drafts) instead of the
         expected-latency choice — what a validation uses to score the mechanics at the
@@ -91,6 +94,7 @@ class SimConfig:
     cpu_lane: str = "auto"
     drafter_speed: float = 1.0
     include_cpu_stages: bool = True
+    pass_gap_ms: float | None = None
     lookahead_blocks: int = 2
     window_budget: int | None = None
     target_frames: int | None = None
@@ -131,6 +135,8 @@ class SimConfig:
             bad("contention_scale", "must be >= 0")
         if self.drafter_speed <= 0:
             bad("drafter_speed", "must be > 0")
+        if self.pass_gap_ms is not None and not float(self.pass_gap_ms) >= 0:
+            bad("pass_gap_ms", "must be None or >= 0 ms")
         if self.lookahead_blocks < 1:
             bad("lookahead_blocks", "must be >= 1")
         if self.window_budget is not None and not 0 <= int(self.window_budget) <= int(self.gamma):

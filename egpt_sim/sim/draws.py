@@ -52,8 +52,11 @@ class DrawBank:
     """All random quantities of ``n_requests`` requests (times in ms)."""
 
     def __init__(self, traces: TraceSet, seed: int, n_requests: int, drafter_speed: float = 1.0,
-                 include_cpu_stages: bool = True):
+                 include_cpu_stages: bool = True, pass_gap_ms: dict[str, float] | None = None):
+        """``pass_gap_ms``: role -> host time (ms) added to each of its decode steps and verify
+        passes (the serving loop's gap between passes; not scaled by ``drafter_speed``)."""
         traces.check_simulatable()
+        self.pass_gap_ms = {role: float((pass_gap_ms or {}).get(role, 0.0)) for role in _ROLES}
         self.scenario_key = getattr(traces, "scenario_key", None)  # what-if shape (None = as recorded)
         self.n_requests = n_requests
         self.seed = seed
@@ -129,13 +132,13 @@ class DrawBank:
         boot = np.minimum((u * n_rec[:, None]).astype(np.int64), n_rec[:, None] - 1)
         idx = np.where(cols < n_rec[:, None], np.minimum(cols, t.decode_ms.shape[1] - 1), boot)
         out = t.decode_ms[row[:, None], idx]
-        return out / self.drafter_speed if role == "drafter" else out
+        return (out / self.drafter_speed if role == "drafter" else out) + self.pass_gap_ms[role]
 
     def verify_table(self, kmax: int) -> np.ndarray:
         """(n_requests, >= kmax + 1): cost of a target pass over k drafts for each request."""
         if self._verify.shape[1] < kmax + 1:
             curves = self._tabs["target"].verify_curves(max(kmax, 64), self._pooled_verify)
-            self._verify = curves[self.sample_index["target"]]
+            self._verify = curves[self.sample_index["target"]] + self.pass_gap_ms["target"]
         return self._verify
 
     def request(self, i: int) -> "RequestDraws":

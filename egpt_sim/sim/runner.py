@@ -119,7 +119,7 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
     """Simulate ``cfg`` against ``traces`` with the SimPy reference model.
 
     ``bank`` lets sweeps reuse one set of draws across scenarios (it must match the
-    config's seed, n_requests, drafter_speed, include_cpu_stages and what-if shape).
+    config's seed, n_requests, drafter_speed, include_cpu_stages, pass gaps and what-if shape).
     """
     traces = scenario_traces(cfg, traces)
     if bank is not None:
@@ -146,7 +146,15 @@ def simulate(cfg: SimConfig, traces: TraceSet, timeline: bool = False, n_timelin
 
 def draw_bank(cfg: SimConfig, traces: TraceSet) -> DrawBank:
     """The draws of ``cfg``'s requests on the trace set it simulates (its what-if shape)."""
-    return DrawBank(scenario_traces(cfg, traces), cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages)
+    return DrawBank(scenario_traces(cfg, traces), cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages,
+                    pass_gaps_ms(cfg, traces))  # the serving loop's gaps do not depend on the what-if shape
+
+
+def pass_gaps_ms(cfg: SimConfig, traces: TraceSet) -> dict[str, float]:
+    """role -> host gap (ms) before each pass: ``cfg.pass_gap_ms`` for both roles, else the trace set's."""
+    if cfg.pass_gap_ms is not None:
+        return {"target": float(cfg.pass_gap_ms), "drafter": float(cfg.pass_gap_ms)}
+    return dict(getattr(traces, "pass_gap_ms", {}) or {})
 
 
 def check_bank_scenario(bank: DrawBank, traces: TraceSet) -> None:

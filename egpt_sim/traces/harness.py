@@ -98,6 +98,27 @@ def apply_serving_harness(stage_timings: pd.DataFrame, metadata: Mapping) -> tup
     return rows.reset_index(drop=True), factors
 
 
+def serving_gap_ms(metadata: Mapping) -> dict[str, float]:
+    """role -> median host time (ms) between two consecutive passes of that role in the serving
+    loop (``serving_loop_gaps_ms`` of the serving runs: the executor's untimed reference and warm-up
+    requests, ``measure.validation_run``), pooled over runs; empty when none were recorded. The stage
+    loops leave 0.02-0.05 ms between steps, the executor 0.18-0.24 ms (README, validation item 2)."""
+    pooled: dict[str, list[float]] = {}
+    for m in (metadata or {}).get("runs", {}).values():
+        if isinstance(m, Mapping) and m.get("harness") == HARNESS_SERVING:
+            for role, gaps in (m.get("serving_loop_gaps_ms") or {}).items():
+                pooled.setdefault(role, []).extend(float(g) for g in gaps)
+    return {role: float(np.median(g)) for role, g in pooled.items() if g}
+
+
+def without_loop_gaps(metadata: Mapping) -> dict:
+    """``metadata`` without the serving-loop gaps: for stage rows that already hold them (the
+    executor's own cycles, start to next start, ``egpt_sim.analysis.executor_rows``)."""
+    runs = {k: ({kk: vv for kk, vv in v.items() if kk != "serving_loop_gaps_ms"} if isinstance(v, Mapping) else v)
+            for k, v in (metadata or {}).get("runs", {}).items()}
+    return {**dict(metadata or {}), "runs": runs}
+
+
 def drop_serving_rows(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
     """The stage rows without the serving-harness runs (modes that calibrate otherwise)."""
     runs = list(serving_runs(metadata))

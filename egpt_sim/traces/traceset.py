@@ -38,7 +38,7 @@ import pandas as pd
 from . import schema
 from .contention import (ContentionModel, CpuLane, Fit, fit_cpu_lane, fit_factors, infer_peer_activity, resolve,
                          uniform_model)
-from .harness import apply_serving_harness
+from .harness import apply_serving_harness, serving_gap_ms
 from .schema import TraceError
 
 PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")
@@ -141,6 +141,12 @@ class TraceSet:
                     )
 
     # ------------------------------------------------------------------ views
+    @cached_property
+    def pass_gap_ms(self) -> dict[str, float]:
+        """role -> host time (ms) the serving loop spends between two passes of that role
+        (:func:`egpt_sim.traces.harness.serving_gap_ms`); 0 for a role the set did not record."""
+        return {role: 0.0 for role in schema.ROLES} | serving_gap_ms(self.metadata)
+
     @cached_property
     def ok_rows(self) -> pd.DataFrame:
         return self.stage_timings[self.stage_timings["status"] == "ok"]
