@@ -94,6 +94,8 @@ def test_serving_loop_gap_is_the_pooled_median_of_the_serving_runs():
     assert serving_gap_ms({"runs": {"x": {"serving_loop_gaps_ms": {"target": [5.0]}}}}) == {}  # not a serving run
     ts = TraceSet.from_frames(st, None, meta)
     assert ts.pass_gap_ms == pytest.approx({"target": 0.225, "drafter": 0.3})
+    del runs["fp16-graphs-alone-serving-f8"]["serving_loop_gaps_ms"]  # the target's only: the drafter takes it
+    assert TraceSet.from_frames(st, None, {"runs": runs}).pass_gap_ms == pytest.approx({"target": 0.25, "drafter": 0.25})
 
 
 def test_without_loop_gaps_keeps_everything_else():

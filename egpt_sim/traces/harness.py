@@ -100,8 +100,8 @@ def apply_serving_harness(stage_timings: pd.DataFrame, metadata: Mapping) -> tup
 
 def serving_gap_ms(metadata: Mapping) -> dict[str, float]:
     """role -> median host time (ms) between two consecutive passes of that role in the serving
-    loop (``serving_loop_gaps_ms`` of the serving runs: the executor's untimed reference and warm-up
-    requests, ``measure.validation_run``), pooled over runs; empty when none were recorded. The stage
+    loop (``serving_loop_gaps_ms`` of the serving runs: the executor's untimed reference requests,
+    ``measure.validation_run``), pooled over runs; empty when none were recorded. The stage
     loops leave 0.02-0.05 ms between steps, the executor 0.18-0.24 ms (README, validation item 2)."""
     pooled: dict[str, list[float]] = {}
     for m in (metadata or {}).get("runs", {}).values():
