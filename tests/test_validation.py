@@ -141,3 +141,22 @@ def test_validation_summary_reads_each_folders_overall_json(tmp_path):
         ["validation-a", "stages", 40, 1.5, 0.03]]
     assert np.isnan(got["TOST paired"].iloc[0])  # a figure the file lacks is NaN, not 0
     assert validation_summary(tmp_path / "validation-b").empty
+
+
+def test_residuals_simulate_every_request_of_a_cell():
+    """The per-activity residuals pool the timelines of all simulated requests, not of one."""
+    from egpt_sim.analysis.validation import activity_residuals, predict_cell_timeline
+
+    ts = E.load_traces("example/seed_calibrated")
+    cell = pd.DataFrame({"strategy": ["target_only"] * 2, "output_tokens": [6, 6], "gamma": [0, 0], "n_gpus": [1, 1],
+                         "sigma": [0.1, 0.1], "request_id": [1, 2], "latency_ms": [900.0, 910.0]})
+    tl = predict_cell_timeline(cell, ts, n_predicted=25, seed=0)
+    assert tl["request_id"].nunique() == 25
+    assert (tl[tl["activity"] == "decode_step"].groupby("request_id").size() == 5).all()  # N - 1 passes each
+    measured = pd.DataFrame({"request_id": [1, 1, 2, 2], "actor": "target", "activity": ["prefill", "decode_step"] * 2,
+                             "start_ms": [0.0, 600.0, 0.0, 610.0], "end_ms": [580.0, 630.0, 590.0, 640.0]})
+    res = activity_residuals(cell, measured, {0.1: ts}, n_predicted=25).set_index(["actor", "activity"])
+    pre = ts.durations_ms("target", "prefill")
+    assert res.loc[("target", "prefill"), "predicted_per_request"] == 1.0
+    assert pre.min() <= res.loc[("target", "prefill"), "predicted_median_ms"] <= pre.max()
+    assert res.loc[("target", "decode_step"), "predicted_per_request"] == 5.0

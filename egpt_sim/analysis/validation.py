@@ -299,13 +299,13 @@ def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
 
 
 def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
-    """Simulated activity timeline (with a ``strategy`` column) of one executor cell, the same
-    scenarios as :func:`predict_cell`."""
+    """Simulated activity timeline (with a ``strategy`` column) of every simulated request of one
+    executor cell, the same scenarios as :func:`predict_cell` (pooled acceptance)."""
     first = cell.iloc[0]
     key = f"{first['sigma']}-{first['output_tokens']}-{first['n_gpus']}"
     parts = []
     for cfg in _cell_configs(cell, ts, n_predicted, seed, **config):
-        tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True).timeline
+        tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True, n_timeline_requests=cfg.n_requests).timeline
         parts.append(tl.assign(request_id=f"{key}-b{cfg.window_budget}-" + tl["request_id"].astype(str)))
     return pd.concat(parts, ignore_index=True).assign(strategy=first["strategy"])
 
