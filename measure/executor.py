@@ -485,24 +485,23 @@ class Executor:
 
         outs = {}
         for role, pipe in (("target", self.target), ("drafter", self.drafter)):
-            if pipe is None:
-                continue
-            stack = contextlib.ExitStack()
-            if self.streams.get(role) is not None:
-                stack.enter_context(torch.cuda.device(pipe.device))
-                stack.enter_context(torch.cuda.stream(self.streams[role]))
-            with stack:
-                outs[role] = run_alone(pipe, sample, cfg)
+            if pipe is not None:
+                with self._on_stream(role, pipe):
+                    outs[role] = run_alone(pipe, sample, cfg)
         return outs
 
-    def _guard(self, outs: dict, role: str, fn, pipe, *args) -> None:
-        """Run one role in this thread, on its stream; an exception is handed to the caller."""
+    def _on_stream(self, role: str, pipe) -> contextlib.ExitStack:
+        """Context: ``pipe``'s device and ``role``'s stream current (nothing on a CPU device)."""
         stack = contextlib.ExitStack()
         if self.streams.get(role) is not None:
             stack.enter_context(torch.cuda.device(pipe.device))
             stack.enter_context(torch.cuda.stream(self.streams[role]))
+        return stack
+
+    def _guard(self, outs: dict, role: str, fn, pipe, *args) -> None:
+        """Run one role in this thread, on its stream; an exception is handed to the caller."""
         try:
-            with stack:
+            with self._on_stream(role, pipe):
                 outs[role] = fn(pipe, *args)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             outs[role] = exc  # (the target never waits for the drafter; a failing target stops it)

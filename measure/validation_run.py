@@ -384,16 +384,13 @@ SAMPLE_WARMUP = ("untimed, per sample before its cells: the reference target_onl
                  "length once, +35-40 ms on the first 4.6k-token prefill on an H200) stay out of the timed requests")
 
 
-PASS_ACTIVITIES = ("decode_step", "verify", "draft_step")
-
-
 def loop_gaps_ms(timeline: pd.DataFrame | None) -> dict[str, list[float]]:
     """actor -> host time (ms) between each two consecutive passes (decode, verify, draft) of that
     actor in one request's timeline: what the serving loop does between GPU spans."""
     if timeline is None or len(timeline) == 0:
         return {}
     out = {}
-    for actor, rows in timeline[timeline["activity"].isin(PASS_ACTIVITIES)].groupby("actor"):
+    for actor, rows in timeline[timeline["activity"].isin(schema.PASS_ACTIVITIES)].groupby("actor"):
         rows = rows.sort_values("start_ms")
         gaps = rows["start_ms"].to_numpy()[1:] - rows["end_ms"].to_numpy()[:-1]
         if len(gaps):

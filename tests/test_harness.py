@@ -6,7 +6,7 @@ import pytest
 
 from egpt_sim.traces import schema
 from egpt_sim.traces.examples import stage_rows
-from egpt_sim.traces.harness import (apply_serving_harness, drop_serving_rows, factor_summary, harness_factors,
+from egpt_sim.traces.harness import (apply_serving_harness, factor_summary, harness_factors,
                                      serving_runs)
 from egpt_sim.traces.traceset import TraceSet
 
@@ -67,7 +67,6 @@ def test_no_serving_runs_is_the_identity():
     st = st[~st.run_id.str.contains("serving")]
     rows, factors = apply_serving_harness(st, {"runs": {}})
     assert rows is st and factors.empty
-    assert drop_serving_rows(st, {"runs": {}}) is st
 
 
 def test_traceset_applies_it_at_load(tmp_path):

@@ -27,9 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ..traces.contention import measured_stage
-from ..traces.schema import CPU_STAGES, TraceError
+from ..traces.schema import CPU_STAGES, PASS_ACTIVITIES, TraceError
 
-STEP_ACTIVITIES = ("decode_step", "draft_step", "verify")
 MIN_DOMINANCE = 0.9  # a concurrent GPU span is kept when one peer activity covers this share of its overlap
 ALONE_RUN, CONCURRENT_RUN = "executor-alone", "executor-concurrent"
 
@@ -40,7 +39,7 @@ def with_cycles(tl: pd.DataFrame) -> pd.DataFrame:
     tl = tl.sort_values(["request_id", "actor", "start_ms"])
     nxt = tl.groupby(["request_id", "actor"])["start_ms"].shift(-1)
     dur = tl["end_ms"] - tl["start_ms"]
-    step = tl["activity"].isin(STEP_ACTIVITIES) & nxt.notna()
+    step = tl["activity"].isin(PASS_ACTIVITIES) & nxt.notna()
     return tl.assign(duration_ms=dur, cycle_ms=np.where(step, nxt - tl["start_ms"], dur))
 
 

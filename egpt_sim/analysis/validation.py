@@ -393,6 +393,7 @@ def load_validation_dir(path: str | Path, decode_from: str = "stages",
             if sel.empty:
                 raise TraceError(f"{path}: no acceptance rows with sigma={sigma}")
             ts = TraceSet.from_frames(stage_timings, sel, metadata, f"{path} (sigma={sigma})")
+            ts.serving_factors = full.serving_factors  # applied to these rows when the folder was loaded
             ts.replay_source = _executor_source(sel, samples, tails.get(float(sigma)))
             cache[sigma] = ts
         return cache[sigma]
@@ -466,7 +467,7 @@ def compare_dir(path: str | Path, n_predicted: int = 400, concurrency: str = "au
         overall = _overall(cells[~cells["calibration"]]) | {
             "calibrated_on": "the target's stage rows from the executor's target_only requests (other cells)"}
     overall["contention_concurrency"] = concurrency
-    serving = factor_summary(TraceSet.load(path).serving_factors)
+    serving = factor_summary(traces_for(float(results["sigma"].iloc[0])).serving_factors)
     if serving:
         overall["serving_factors"] = serving
     return cells, overall

@@ -119,12 +119,6 @@ def without_loop_gaps(metadata: Mapping) -> dict:
     return {**dict(metadata or {}), "runs": runs}
 
 
-def drop_serving_rows(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
-    """The stage rows without the serving-harness runs (modes that calibrate otherwise)."""
-    runs = list(serving_runs(metadata))
-    return stage_timings[~stage_timings["run_id"].isin(runs)].reset_index(drop=True) if runs else stage_timings
-
-
 def factor_summary(factors: pd.DataFrame) -> dict[str, float]:
     """``role/stage`` -> median serving factor over runs (and verify gammas timed), rounded."""
     if factors.empty:

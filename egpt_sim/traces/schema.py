@@ -135,6 +135,7 @@ SUPPORTED_SCHEMA_VERSIONS = ("1.0", "1.1")
 ROLES = ("target", "drafter")
 STAGES = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "verify")
 CPU_STAGES = ("load", "preprocess")
+PASS_ACTIVITIES = ("decode_step", "draft_step", "verify")  # executor timeline activities that are one token pass
 PLACEMENTS = ("alone", "shared_gpu", "separate_gpu")
 CONCURRENCY = ("none", "streams", "processes")
 BACKENDS = ("eager", "static", "graphs", "compiled")
