@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from measure.errors import first_line
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -115,7 +117,7 @@ def read_image(path: Path, sample_id: str = "?") -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except Exception as exc:
-        raise DatasetError(f"sample {sample_id}: cannot read image {path} ({_one_line(exc)})") from exc
+        raise DatasetError(f"sample {sample_id}: cannot read image {path} ({first_line(exc)})") from exc
 
 
 def uniform_indices(total_frames: int, n_frames: int) -> np.ndarray:
@@ -147,7 +149,7 @@ def decode_mp4(path: Path, n_frames: int, sample_id: str = "?", decoder: str = "
     except DatasetError:
         raise
     except Exception as exc:
-        raise DatasetError(f"sample {sample_id}: cannot decode {path} ({_one_line(exc)})") from exc
+        raise DatasetError(f"sample {sample_id}: cannot decode {path} ({first_line(exc)})") from exc
     if len(frames) != n_frames:
         raise DatasetError(f"sample {sample_id}: decoded {len(frames)} of {n_frames} frames from {path}")
     return np.stack(frames), name
@@ -207,7 +209,3 @@ def read_video(sample: Sample, n_frames: int, decoder: str = "auto") -> tuple[np
         return decode_mp4(sample.mp4, n_frames, sample.sample_id, decoder)
     return read_frame_folder(sample.video_dir, n_frames, sample.sample_id), "frames"
 
-
-def _one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    return msg[0] if msg else type(exc).__name__

@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 
 from measure import activities as act
+from measure.errors import one_line
 from measure.timing import Clock, StageTimer, is_cuda
 
 STRATEGIES = ("target_only", "prefill_then_verify", "adaptive_budget", "parallel_sd")
@@ -517,7 +518,7 @@ def _worker(role: str, build: dict[str, Any], commands, results, inbox_end, outb
     try:
         pipe = build_pipeline(role, **build)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-        results.put(("error", role, -1, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+        results.put(("error", role, -1, one_line(exc)))
         return
     results.put(("ready", role, -1, pipe.info))
     inbox, outbox = PipeChannel(recv_end=inbox_end), PipeChannel(send_end=outbox_end)
@@ -538,8 +539,7 @@ def _worker(role: str, build: dict[str, Any], commands, results, inbox_end, outb
                 out = fn(pipe, sample, req, timer, inbox, outbox)
                 results.put(("done", role, req.request_id, (timer.resolve(), out, dict(pipe.backend.info))))
             except Exception as exc:  # noqa: BLE001 - one failed request must not end the worker
-                results.put(("error", role, req.request_id, f"{type(exc).__name__}: "
-                                                            f"{(str(exc).splitlines() or [''])[0]}"))
+                results.put(("error", role, req.request_id, one_line(exc)))
 
 
 STAGES_COMMAND = "stages"  # worker command: (STAGES_COMMAND, sample, measure.stages.StageConfig)
@@ -554,7 +554,7 @@ def _worker_stages(role: str, pipe, sample, cfg, results) -> None:
     try:
         results.put(("stages", role, STAGES_REQUEST_ID, run_alone(pipe, sample, cfg)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-        results.put(("error", role, STAGES_REQUEST_ID, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+        results.put(("error", role, STAGES_REQUEST_ID, one_line(exc)))
 
 
 class ProcessExecutor:

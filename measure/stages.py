@@ -36,6 +36,7 @@ import torch
 
 from measure import activities as act
 from measure.dataset import Sample
+from measure.errors import one_line
 from measure.models import Pipeline
 from measure.timing import Clock, StageTimer, gpu_method, is_cuda, synchronize
 from measure.writer import NoSamplesError, TraceWriter, outcome_rows
@@ -136,8 +137,7 @@ def role_protocol(pipe: Pipeline, sample: Sample, timer: Any, cfg: StageConfig,
 
 
 def _fail(out: RoleOutcome, timer: Any, exc: BaseException) -> bool:
-    msg = (str(exc).strip().splitlines() or [""])[0]
-    out.error, out.failed_stage = f"{type(exc).__name__}: {msg}", timer.current or "load"
+    out.error, out.failed_stage = one_line(exc), timer.current or "load"
     return False
 
 
@@ -373,7 +373,7 @@ def _proc_worker(role: str, build: dict[str, Any], cfg: StageConfig, tasks: Any,
     try:
         pipe = build_pipeline(role, **build)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-        results.put(("error", role, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+        results.put(("error", role, one_line(exc)))
         return
     results.put(("ready", role, pipe.info))
     sync = _Sync(barrier, flag, cfg.barrier_timeout_s)
@@ -597,7 +597,7 @@ def execute(plan: RunPlan, log: Callable[[str], None] = print) -> tuple[list[str
             meta = _run_meta(plan, cfg, infos, placement, conc, frames, roles, decoder, [r for r, _ in cache], run_ids)
             runs.append(MeasuredRun(run_id, cfg, runner, TraceWriter(plan.out, run_id, meta, resume=plan.resume)))
         except Exception as exc:  # noqa: BLE001 - keep going with the next config
-            errors.append(f"{run_id}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            errors.append(f"{run_id}: {one_line(exc)}")
             log(f"FAILED {errors[-1]}")
     try:
         results = run_interleaved(runs, samples, plan.progress) if runs else {}

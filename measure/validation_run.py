@@ -39,6 +39,7 @@ import torch
 
 from egpt_sim.traces import schema
 from measure.acceptance import check_vocab, record_acceptance, run_parts, write_part
+from measure.errors import one_line
 from measure.executor import STRATEGIES, Executor, ProcessExecutor, mismatch_gaps
 
 RESULTS, TIMELINE, PARTS = "executor_results", "executor_timeline", "executor_parts"
@@ -237,7 +238,7 @@ def run_validation(cfg: ValidationConfig, out_dir: str | Path, resume: bool = Fa
             record_acceptance(target, drafter, samples, sigma=sigma, run_id=rid, drafter_context="target", **common)
             sources[sigma] = _replay_sources(out, rid)
         except Exception as exc:  # noqa: BLE001 - a sigma level without a trace is left out of the grid
-            errors.append(f"acceptance sigma={sigma}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            errors.append(f"acceptance sigma={sigma}: {one_line(exc)}")
             log(f"FAILED {errors[-1]}")
     if not sources:
         raise RuntimeError(f"no acceptance trace could be recorded: {errors[-len(acc_runs):]}")
@@ -355,8 +356,7 @@ def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, bu
                        replay_seed=_request_seed(cfg.seed, rid), sigma=sigma,
                        window_budget=budgets.get(sigma), record_gaps=True)
         except Exception as exc:  # noqa: BLE001 - one failed request must not end the run
-            errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {type(exc).__name__}: "
-                          f"{(str(exc).splitlines() or [''])[0]}")
+            errors.append(f"{sample.sample_id} N={n} {strategy} sigma={sigma}: {one_line(exc)}")
             log(f"FAILED {errors[-1]}")
             continue
         # a mismatch must be a near-tie: the target's top-1/top-2 gap there, in both runs

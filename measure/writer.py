@@ -18,6 +18,7 @@ import pandas as pd
 
 
 from egpt_sim.traces import schema  # torch- and simpy-free: egpt_sim imports its modules lazily
+from measure.errors import first_line, one_line
 
 STAGE_ORDER = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "verify")
 EXTRA_COLUMNS = {"peak_mem_mb": "float64", "peak_extra_mb": "float64", "peak_reserved_mb": "float64",
@@ -94,9 +95,7 @@ class TraceWriter:
 
 def failed_row(base: dict[str, Any], stage: str, error: BaseException | str) -> dict[str, Any]:
     """The one row a failed role/sample leaves: duration 0, status failed, one-line error."""
-    msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, BaseException):
-        msg = f"{type(error).__name__}: {msg}"
+    msg = one_line(error) if isinstance(error, BaseException) else first_line(error)
     return {**base, "stage": stage, "step": 0, "duration_ms": 0.0, "kv_tokens": 0, "query_tokens": 0,
             "gamma": 0, "peer_busy": False, "start_ms": float("nan"), "status": "failed", "error": msg,
             "peer_activity": "none", "overlap_frac": float("nan"), "gpu_ms": float("nan")}
