@@ -118,3 +118,18 @@ def test_budget_is_decided_at_request_start(example_traces):
     r = simulate_fast(cfg, example_traces).requests
     assert (r["window_drafts"] <= b).all() and r["window_drafts"].max() == b
     assert np.mean(r["latency_ms"]) == pytest.approx(exp[b], rel=0.02)  # expectation vs simulation
+
+
+def test_fixed_budget_past_the_output_is_the_executors_window(example_traces):
+    """A fixed budget b >= N (validation replays the executor's choice, made for a longer
+    output) drafts as the executor does — up to position N, like prefill_then_verify at gamma =
+    b — rather than being cut to N - 1 (which simulated one draft step fewer than was run)."""
+    cfg = E.SimConfig(strategy="adaptive_budget", n_gpus=1, output_tokens=5, gamma=8, acceptance=0.9,
+                      n_requests=40, seed=3, window_budget=8)
+    assert _budget(cfg, example_traces) == 8
+    ab = E.simulate(cfg, example_traces).requests
+    ptv = E.simulate(cfg.replace(strategy="prefill_then_verify", window_budget=None), example_traces).requests
+    cols = ["latency_ms", "drafted_tokens", "window_drafts", "accepted_tokens"]
+    pd.testing.assert_frame_equal(ab[cols], ptv[cols])
+    assert ab["window_drafts"].max() == 5
+    pd.testing.assert_frame_equal(simulate_fast(cfg, example_traces).requests, ab, check_exact=False, rtol=0, atol=1e-9)

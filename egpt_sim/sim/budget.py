@@ -57,8 +57,10 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
             "factor": contention.contention_factor}
     plan["window_budget"], plan["expected_latency_ms"] = window_budget_plan(
         plan, cfg.gamma, cfg.output_tokens)
-    if cfg.window_budget is not None:  # fixed by the caller (validation at the executor's budget)
-        plan["window_budget"] = min(int(cfg.window_budget), max(0, cfg.output_tokens - 1))
+    if cfg.window_budget is not None:  # fixed by the caller (validation at the executor's budget):
+        # the executor's window cap, min(gamma, b); a budget past N - 1 still drafts up to position N
+        # (the verify pass takes N - 1), as prefill_then_verify does (measure.executor.RequestSpec)
+        plan["window_budget"] = max(0, min(int(cfg.window_budget), cfg.gamma))
     return plan
 
 
