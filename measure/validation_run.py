@@ -30,7 +30,7 @@ import gc
 import json
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -289,28 +289,30 @@ def _run_grid(cfg: ValidationConfig, ex, infos: dict, samples: list, sources: di
     log(f"[{time.perf_counter() - t_start:6.1f}s] warm-up done; grid of {len(samples)} samples")
 
     done = _done_samples(out) if resume else set()
-    loop_gaps: dict[str, list[float]] = {}
+    reference = ReferenceLog()
     for i, sample in enumerate(samples):
         if sample.sample_id in done:
             continue
         if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
             log(f"time budget of {cfg.max_minutes} min spent: stopping before sample {i + 1}")
             break
-        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, budgets, out, errors, log, loop_gaps)
+        rows = _run_sample(ex, cfg, sample, cfg.first_sample + i, sources, budgets, out, errors, log, reference)
         ok = sum(bool(r["lossless"]) for r in rows)
         log(f"[{time.perf_counter() - t_start:6.1f}s] sample {i + 1}/{len(samples)}: {len(rows)} requests, "
             f"lossless {ok}/{len(rows)}")
     schema.write_metadata(out, {run_key: {**meta, "errors": errors, "models_after": infos,
                                              "wall_s": round(time.perf_counter() - t_start, 1)}})
-    _record_loop_gaps(out, serving_stage_run_id(cfg), loop_gaps)
+    _record_reference(out, serving_stage_run_id(cfg), reference)
 
 
-def _record_loop_gaps(out: Path, run_id: str, loop_gaps: dict[str, list[float]]) -> None:
-    """Add the serving loop's gaps between passes (raw, ms) to the serving stage run's metadata
-    (``serving_loop_gaps_ms``), when that run exists: the simulator's per-pass host gap."""
+def _record_reference(out: Path, run_id: str, reference: "ReferenceLog") -> None:
+    """Add what the reference requests showed of the serving loop (raw, ms) to the serving stage
+    run's metadata, when that run exists: ``serving_loop_gaps_ms`` (the simulator's per-pass host
+    gap) and ``serving_reference_stage_ms`` (the serving harness's prefill-phase activities)."""
     runs = schema.read_metadata(out).get("runs", {})
-    if run_id in runs and loop_gaps:
-        schema.write_metadata(out, {run_id: {**runs[run_id], "serving_loop_gaps_ms": loop_gaps,
+    if run_id in runs and (reference.loop_gaps_ms or reference.stage_ms):
+        schema.write_metadata(out, {run_id: {**runs[run_id], "serving_loop_gaps_ms": reference.loop_gaps_ms,
+                                             "serving_reference_stage_ms": reference.stage_ms,
                                              "serving_loop_source": "the untimed reference request (target_only, longest N) "
                                              "of every sample (measure.validation_run)"}})
 
@@ -344,10 +346,10 @@ CELL_ORDER = ("per sample: an untimed target_only request of the longest N is th
 
 
 def _run_sample(ex, cfg: ValidationConfig, sample, index: int, sources: dict, budgets: dict, out: Path,
-                errors: list[str], log: Callable, loop_gaps: dict | None = None) -> list[dict]:
+                errors: list[str], log: Callable, reference: "ReferenceLog | None" = None) -> list[dict]:
     """Every cell of one sample (:func:`sample_cells`); writes one results and one timeline part;
     returns the rows. Each request is checked against the untimed reference (:func:`_warm_sample`)."""
-    ref = _warm_sample(ex, sample, cfg, sources, loop_gaps)
+    ref = _warm_sample(ex, sample, cfg, sources, reference)
     results = []
     for k, (n, strategy, sigma, rid) in enumerate(sample_cells(cfg, index, sources)):
         try:  # reference: the executor's lossless check (and, for speculative cells, the replay oracle)
@@ -398,19 +400,50 @@ def loop_gaps_ms(timeline: pd.DataFrame | None) -> dict[str, list[float]]:
     return out
 
 
-def _warm_sample(ex: Executor, sample, cfg: ValidationConfig, sources: dict, loop_gaps: dict | None = None):
+def reference_stage_ms(timeline: pd.DataFrame | None) -> dict[str, dict[str, list[float]]]:
+    """actor -> prefill-phase activity (load, preprocess, vision_encode, prefill) -> durations (ms)
+    in one request's timeline. The executor's ``load`` span starts when the parent hands the
+    request over, so it holds the dispatch to the worker that a stage run's ``load`` does not."""
+    if timeline is None or len(timeline) == 0:
+        return {}
+    rows = timeline[timeline["activity"].isin(REFERENCE_ACTIVITIES)]
+    out: dict[str, dict[str, list[float]]] = {}
+    for (actor, activity), g in rows.groupby(["actor", "activity"]):
+        out.setdefault(str(actor), {})[str(activity)] = [round(float(d), 4) for d in g["end_ms"] - g["start_ms"]]
+    return out
+
+
+REFERENCE_ACTIVITIES = ("load", "preprocess", "vision_encode", "prefill")
+
+
+@dataclass
+class ReferenceLog:
+    """What the untimed reference requests (one per sample, no grid cell, no peer at work) show of
+    the serving loop, raw and pooled over samples: gaps between passes (:func:`loop_gaps_ms`) and
+    prefill-phase durations (:func:`reference_stage_ms`), actor -> [activity ->] list of ms."""
+    loop_gaps_ms: dict = field(default_factory=dict)
+    stage_ms: dict = field(default_factory=dict)
+
+    def add(self, timeline: pd.DataFrame | None) -> None:
+        for actor, gaps in loop_gaps_ms(timeline).items():
+            self.loop_gaps_ms.setdefault(actor, []).extend(gaps)
+        for actor, acts in reference_stage_ms(timeline).items():
+            for activity, ms in acts.items():
+                self.stage_ms.setdefault(actor, {}).setdefault(activity, []).extend(ms)
+
+
+def _warm_sample(ex: Executor, sample, cfg: ValidationConfig, sources: dict, reference: ReferenceLog | None = None):
     """Both roles prefill this sample's prompt once, untimed (:data:`SAMPLE_WARMUP`); returns the
-    reference request (target_only at the longest N, ``record_gaps``). ``loop_gaps`` (actor ->
-    list) collects the reference's gaps between passes (:func:`loop_gaps_ms`): the serving loop
-    with no peer at work, from a request that is no grid cell. (The warm-up drafter drafts beside
-    the target's prefill: on one GPU its gaps hold GPU time-slice waits, 2.3 ms, that the
-    contention factors already charge.)"""
+    reference request (target_only at the longest N, ``record_gaps``), whose timeline ``reference``
+    collects (:class:`ReferenceLog`): the serving loop with no peer at work, from a request that is
+    no grid cell. (The warm-up drafter drafts beside the target's prefill: on one GPU its gaps hold
+    GPU time-slice waits, 2.3 ms, that the contention factors already charge.)"""
     ref = ex.run(sample, "target_only", max(cfg.lengths), record_gaps=True)
     src = next(iter(sources.values()), {}).get(sample.sample_id) if sources else None
     if src is not None and any(s != "target_only" for s in cfg.strategies):
         ex.run(sample, "prefill_then_verify", 2, reference=ref.tokens, replay=src, window_budget=cfg.gamma)
-    for actor, gaps in (loop_gaps_ms(getattr(ref, "timeline", None)).items() if loop_gaps is not None else ()):
-        loop_gaps.setdefault(actor, []).extend(gaps)
+    if reference is not None:
+        reference.add(getattr(ref, "timeline", None))
     return ref
 
 

@@ -310,7 +310,7 @@ def test_stage_protocol_runs_inside_both_executors(samples):
 def test_loop_gaps_are_the_host_time_between_one_actors_passes():
     from types import SimpleNamespace
 
-    from measure.validation_run import ValidationConfig, _warm_sample, loop_gaps_ms
+    from measure.validation_run import ReferenceLog, ValidationConfig, _warm_sample, loop_gaps_ms
 
     tl = pd.DataFrame({"actor": ["target"] * 4 + ["drafter"] * 3,
                        "activity": ["prefill", "decode_step", "verify", "decode_step", "draft_step", "draft_step", "load"],
@@ -323,7 +323,8 @@ def test_loop_gaps_are_the_host_time_between_one_actors_passes():
         def run(self, sample, strategy, n, **kw):
             return SimpleNamespace(tokens=[1, 2], timeline=tl)
 
-    gaps = {}
+    log = ReferenceLog()
     _warm_sample(FakeExecutor(), SimpleNamespace(sample_id="s"), ValidationConfig(target="random:tiny"),
-                 {0.1: {"s": "src"}}, gaps)
-    assert gaps == {"target": [0.5, 1.0], "drafter": [0.5]}  # the reference only (no peer at work)
+                 {0.1: {"s": "src"}}, log)
+    assert log.loop_gaps_ms == {"target": [0.5, 1.0], "drafter": [0.5]}  # the reference only (no peer at work)
+    assert log.stage_ms == {"target": {"prefill": [9.0]}, "drafter": {"load": [1.0]}}  # its prefill phase

@@ -105,3 +105,24 @@ def test_without_loop_gaps_keeps_everything_else():
     out = without_loop_gaps(meta)
     assert serving_gap_ms(out) == {} and serving_gap_ms(meta) == {"target": 0.2}
     assert out["label"] == "x" and out["runs"]["s"]["harness_of"] == ["a"] and out["runs"]["a"] == {"placement": "alone"}
+
+
+def test_target_load_takes_the_reference_requests_dispatch():
+    """The executor's load span holds the dispatch to the worker: with the reference requests'
+    loads recorded (median 52 ms against the stage run's 40) every target load row of the named
+    stage runs scales by 1.3 — CPU rows of the serving protocol (load x 3 here) still set nothing —
+    and the drafter's, with no reference, stays as measured."""
+    st, meta = _set()
+    meta["runs"]["fp16-graphs-alone-serving-f8"]["serving_reference_stage_ms"] = {
+        "target": {"load": [50.0, 52.0, 60.0], "preprocess": [90.0]}}
+    f = harness_factors(st, meta)
+    load = f[f.stage == "load"]
+    assert load["role"].tolist() == ["target"] and load["factor"].item() == pytest.approx(1.3)
+    assert factor_summary(f)["target/load"] == pytest.approx(1.3) and "target/preprocess" not in factor_summary(f)
+    rows, _ = apply_serving_harness(st, meta)
+    base = st[~st.run_id.str.contains("serving")]
+    for role, scale in (("target", 1.3), ("drafter", 1.0)):
+        want = base[(base.role == role) & (base.stage == "load")]["duration_ms"] * scale
+        assert rows[(rows.role == role) & (rows.stage == "load")]["duration_ms"].tolist() == pytest.approx(want.tolist())
+    pre = rows[rows.stage == "preprocess"]["duration_ms"].tolist()
+    assert pre == pytest.approx(base[base.stage == "preprocess"]["duration_ms"].tolist())

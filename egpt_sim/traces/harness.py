@@ -14,7 +14,9 @@ Model: a GPU activity costs the stage run's time x a **serving factor** per (rol
 in the stage runs it names. Every row of those stage runs (alone and beside a peer) is
 rescaled by it, so the contention factors the stage runs measured are kept and the
 per-sample spread too. Only the serving loop's passes (decode steps, verify) are rescaled
-(:data:`GPU_ACTIVITIES` says why); CPU activities, vision encode and prefill are left as measured. The serving
+(:data:`GPU_ACTIVITIES` says why), and the target's load by its duration in the executor's untimed
+reference requests (:data:`REFERENCE_ACTIVITIES`: it holds the dispatch to the worker); other CPU
+activities, vision encode and prefill are left as measured. The serving
 rows themselves are dropped afterwards (they only set the factors). Nothing in the
 executor's timed requests enters.
 """
@@ -32,6 +34,12 @@ HARNESS_SERVING = "serving_workers"
 # drafter prefill read 22-40 ms (stage run 21.5, the executor's own requests 25): the idle peer
 # worker perturbs a host-bound eager prefill there, so that factor measures the protocol, not serving.
 GPU_ACTIVITIES = ("verify", "decode_step")
+# Prefill-phase activities whose serving time comes from the untimed reference requests
+# (``serving_reference_stage_ms``, one target_only request per sample, no grid cell): the executor's
+# load span opens when the parent hands the request over, so it holds the dispatch to the worker
+# (load 13.2-14.4 ms in the executor's requests against 9.8-11.3 in the stage runs and the serving
+# workers' own protocol, 1 GPU, validation-graphs-1gpu-cudnn-loopgaps) that no stage row has.
+REFERENCE_ACTIVITIES = ("load",)
 
 
 def serving_runs(metadata: Mapping) -> dict[str, list[str]]:
@@ -74,7 +82,26 @@ def harness_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFr
             for g, rg in rs.groupby("gamma"):
                 if g not in per:
                     out.append([rid, role, stage, float(g), pooled, np.nan, _median(rg), 0, len(rg), "pooled"])
-    return pd.DataFrame(out, columns=cols)
+    return pd.concat([pd.DataFrame(out, columns=cols), reference_factors(ok, metadata)], ignore_index=True)
+
+
+def reference_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
+    """Factors of :data:`REFERENCE_ACTIVITIES` (columns of :func:`harness_factors`): median in the
+    serving run's reference requests (``serving_reference_stage_ms``) / median ``alone`` row of the
+    stage runs it names; none where the run recorded no reference stages (folders before them)."""
+    out = []
+    for rid, of in serving_runs(metadata).items():
+        ref = metadata["runs"][rid].get("serving_reference_stage_ms") or {}
+        r = stage_timings[stage_timings["run_id"].isin(of) & (stage_timings["placement"] == "alone")]
+        for role, acts in ref.items():
+            for stage in REFERENCE_ACTIVITIES:
+                ms, rs = list(acts.get(stage) or []), r[(r["role"] == role) & (r["stage"] == stage)]
+                if ms and len(rs):
+                    ref_ms = float(np.median(ms))
+                    out.append([rid, role, stage, np.nan, ref_ms / _median(rs), ref_ms, _median(rs), len(ms), len(rs),
+                                "own"])
+    return pd.DataFrame(out, columns=["serving_run", "role", "stage", "gamma", "factor", "serving_ms", "stage_ms",
+                                      "n_serving", "n_stage", "gamma_from"])
 
 
 def apply_serving_harness(stage_timings: pd.DataFrame, metadata: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:
