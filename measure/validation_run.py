@@ -178,7 +178,7 @@ def adaptive_window_budget(out: Path, cfg: ValidationConfig, source) -> int:
     st = schema.read_table(out, schema.STAGE_TIMINGS_FILE)
     alone = st[(st["status"] == "ok") & (st["placement"] == "alone")]
     med = alone.groupby(["role", "stage"])["duration_ms"].median()
-    phase = {r: sum(float(med.get((r, s), 0.0)) for s in ("load", "preprocess", "vision_encode", "prefill"))
+    phase = {r: sum(float(med.get((r, s), 0.0)) for s in schema.PREFILL_PHASE_STAGES)
              for r in ("target", "drafter")}
     step, decode = float(med.get(("drafter", "decode_step"), np.inf)), float(med.get(("target", "decode_step"), 0.0))
     fit = 1 + int(max(0.0, phase["target"] - phase["drafter"]) // step) if np.isfinite(step) else cfg.gamma
@@ -406,14 +406,11 @@ def reference_stage_ms(timeline: pd.DataFrame | None) -> dict[str, dict[str, lis
     request over, so it holds the dispatch to the worker that a stage run's ``load`` does not."""
     if timeline is None or len(timeline) == 0:
         return {}
-    rows = timeline[timeline["activity"].isin(REFERENCE_ACTIVITIES)]
+    rows = timeline[timeline["activity"].isin(schema.PREFILL_PHASE_STAGES)]
     out: dict[str, dict[str, list[float]]] = {}
     for (actor, activity), g in rows.groupby(["actor", "activity"]):
         out.setdefault(str(actor), {})[str(activity)] = [round(float(d), 4) for d in g["end_ms"] - g["start_ms"]]
     return out
-
-
-REFERENCE_ACTIVITIES = ("load", "preprocess", "vision_encode", "prefill")
 
 
 @dataclass

@@ -53,12 +53,14 @@ def _median(rows: pd.DataFrame) -> float:
     return float(np.median(rows["duration_ms"])) if len(rows) else float("nan")
 
 
+FACTOR_COLUMNS = ["serving_run", "role", "stage", "gamma", "factor", "serving_ms", "stage_ms", "n_serving", "n_stage",
+                  "gamma_from"]
+
+
 def harness_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
     """One row per (serving run, role, stage, gamma): ``factor`` = serving / stage-run median
     ``duration_ms`` (``gamma`` NaN except for verify; a verify gamma the serving run did not
     time gets the median factor of those it did, ``gamma_from="pooled"``)."""
-    cols = ["serving_run", "role", "stage", "gamma", "factor", "serving_ms", "stage_ms", "n_serving", "n_stage",
-            "gamma_from"]
     ok = stage_timings[stage_timings["status"] == "ok"] if "status" in stage_timings else stage_timings
     out = []
     for rid, of in serving_runs(metadata).items():
@@ -82,7 +84,7 @@ def harness_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFr
             for g, rg in rs.groupby("gamma"):
                 if g not in per:
                     out.append([rid, role, stage, float(g), pooled, np.nan, _median(rg), 0, len(rg), "pooled"])
-    return pd.concat([pd.DataFrame(out, columns=cols), reference_factors(ok, metadata)], ignore_index=True)
+    return pd.concat([pd.DataFrame(out, columns=FACTOR_COLUMNS), reference_factors(ok, metadata)], ignore_index=True)
 
 
 def reference_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:
@@ -100,8 +102,7 @@ def reference_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.Data
                     ref_ms = float(np.median(ms))
                     out.append([rid, role, stage, np.nan, ref_ms / _median(rs), ref_ms, _median(rs), len(ms), len(rs),
                                 "own"])
-    return pd.DataFrame(out, columns=["serving_run", "role", "stage", "gamma", "factor", "serving_ms", "stage_ms",
-                                      "n_serving", "n_stage", "gamma_from"])
+    return pd.DataFrame(out, columns=FACTOR_COLUMNS)
 
 
 def apply_serving_harness(stage_timings: pd.DataFrame, metadata: Mapping) -> tuple[pd.DataFrame, pd.DataFrame]:

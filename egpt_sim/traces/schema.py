@@ -135,6 +135,7 @@ SUPPORTED_SCHEMA_VERSIONS = ("1.0", "1.1")
 ROLES = ("target", "drafter")
 STAGES = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "verify")
 CPU_STAGES = ("load", "preprocess")
+PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")  # a request's stages before its first pass
 PASS_ACTIVITIES = ("decode_step", "draft_step", "verify")  # executor timeline activities that are one token pass
 PLACEMENTS = ("alone", "shared_gpu", "separate_gpu")
 CONCURRENCY = ("none", "streams", "processes")

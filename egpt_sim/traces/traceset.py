@@ -39,9 +39,8 @@ from . import schema
 from .contention import (ContentionModel, CpuLane, Fit, fit_cpu_lane, fit_factors, infer_peer_activity, resolve,
                          uniform_model)
 from .harness import apply_serving_harness, serving_gap_ms
-from .schema import TraceError
+from .schema import PREFILL_PHASE_STAGES, TraceError
 
-PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
 
 
