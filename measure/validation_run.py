@@ -401,12 +401,13 @@ def loop_gaps_ms(timeline: pd.DataFrame | None) -> dict[str, list[float]]:
 
 
 def reference_stage_ms(timeline: pd.DataFrame | None) -> dict[str, dict[str, list[float]]]:
-    """actor -> prefill-phase activity (load, preprocess, vision_encode, prefill) -> durations (ms)
-    in one request's timeline. The executor's ``load`` span starts when the parent hands the
-    request over, so it holds the dispatch to the worker that a stage run's ``load`` does not."""
+    """actor -> activity of :data:`schema.REFERENCE_STAGES` (the prefill phase and the decode
+    steps) -> durations (ms) in one request's timeline. The executor's ``load`` span starts when
+    the parent hands the request over, so it holds the dispatch to the worker that a stage run's
+    ``load`` does not; its decode steps are the serving loop's own, timed while the grid runs."""
     if timeline is None or len(timeline) == 0:
         return {}
-    rows = timeline[timeline["activity"].isin(schema.PREFILL_PHASE_STAGES)]
+    rows = timeline[timeline["activity"].isin(schema.REFERENCE_STAGES)]
     out: dict[str, dict[str, list[float]]] = {}
     for (actor, activity), g in rows.groupby(["actor", "activity"]):
         out.setdefault(str(actor), {})[str(activity)] = [round(float(d), 4) for d in g["end_ms"] - g["start_ms"]]
@@ -417,7 +418,7 @@ def reference_stage_ms(timeline: pd.DataFrame | None) -> dict[str, dict[str, lis
 class ReferenceLog:
     """What the untimed reference requests (one per sample, no grid cell, no peer at work) show of
     the serving loop, raw and pooled over samples: gaps between passes (:func:`loop_gaps_ms`) and
-    prefill-phase durations (:func:`reference_stage_ms`), actor -> [activity ->] list of ms."""
+    prefill-phase and decode-step durations (:func:`reference_stage_ms`), actor -> [activity ->] list of ms."""
     loop_gaps_ms: dict = field(default_factory=dict)
     stage_ms: dict = field(default_factory=dict)
 

@@ -126,3 +126,23 @@ def test_target_load_takes_the_reference_requests_dispatch():
         assert rows[(rows.role == role) & (rows.stage == "load")]["duration_ms"].tolist() == pytest.approx(want.tolist())
     pre = rows[rows.stage == "preprocess"]["duration_ms"].tolist()
     assert pre == pytest.approx(base[base.stage == "preprocess"]["duration_ms"].tolist())
+
+
+def test_target_decode_takes_the_reference_requests_steps_over_the_serving_protocol():
+    """The reference requests' decode steps (median 8.4 ms against the stage run's 7.0) replace the
+    serving protocol's factor (7.7 / 7.0 = 1.1) for the target, alone and beside a peer (the shared
+    factor of 2 kept); the drafter, with no reference, keeps the serving factor, and verify too."""
+    st, meta = _set()
+    meta["runs"]["fp16-graphs-alone-serving-f8"]["serving_reference_stage_ms"] = {
+        "target": {"decode_step": [8.0, 8.4, 9.0]}}
+    f = harness_factors(st, meta)
+    dec = f[(f.role == "target") & (f.stage == "decode_step")]
+    assert len(dec) == 1 and dec["factor"].item() == pytest.approx(1.2) and dec["n_serving"].item() == 3
+    assert factor_summary(f)["drafter/decode_step"] == pytest.approx(1.1)
+    assert factor_summary(f)["target/verify"] == pytest.approx(1.1)
+    rows, _ = apply_serving_harness(st, meta)
+    t = rows[(rows.role == "target") & (rows.stage == "decode_step")]
+    assert t[t.placement == "alone"]["duration_ms"].tolist() == pytest.approx([8.4] * 8)
+    assert t[t.placement == "shared_gpu"]["duration_ms"].tolist() == pytest.approx([16.8] * 8)
+    d = rows[(rows.role == "drafter") & (rows.stage == "decode_step") & (rows.placement == "alone")]
+    assert d["duration_ms"].tolist() == pytest.approx([7.15] * len(d))

@@ -16,6 +16,7 @@ pytest.importorskip("scrapbook")
 
 import egpt_sim as E
 from egpt_sim.analysis import notebooks as nbrun
+from egpt_sim.traces import schema
 from egpt_sim.traces.harness import factor_summary
 from egpt_sim.traces.acceptance import expected_accepted_iid
 
@@ -301,10 +302,11 @@ def test_05_plots_measured_vs_predicted_from_a_cpu_validation_run(tmp_path):
     gaps = runs[serving[0]]["serving_loop_gaps_ms"]  # the reference requests' host time between passes
     assert len(gaps["target"]) >= 2 * (10 - 2) and min(gaps["target"]) >= 0
     assert E.load_traces(val).pass_gap_ms["target"] == pytest.approx(float(np.median(gaps["target"])))
-    ref = runs[serving[0]]["serving_reference_stage_ms"]["target"]  # their prefill phase: one per sample
-    assert set(ref) == {"load", "preprocess", "vision_encode", "prefill"} and len(ref["load"]) >= 2
-    assert len({len(ms) for ms in ref.values()}) == 1 and min(ref["load"]) > 0
-    assert "target/load" in factor_summary(E.load_traces(val).serving_factors)
+    ref = runs[serving[0]]["serving_reference_stage_ms"]["target"]  # prefill phase (one per sample), decode steps
+    assert set(ref) == set(schema.REFERENCE_STAGES) and len(ref["load"]) >= 2
+    assert len({len(ref[s]) for s in schema.PREFILL_PHASE_STAGES}) == 1 and min(ref["load"]) > 0
+    assert len(ref["decode_step"]) >= len(ref["load"]) * (10 - 2) and min(ref["decode_step"]) > 0
+    assert {"target/load", "target/decode_step"} <= set(factor_summary(E.load_traces(val).serving_factors))
 
 
 @pytest.mark.notebooks

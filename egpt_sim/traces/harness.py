@@ -14,8 +14,9 @@ Model: a GPU activity costs the stage run's time x a **serving factor** per (rol
 in the stage runs it names. Every row of those stage runs (alone and beside a peer) is
 rescaled by it, so the contention factors the stage runs measured are kept and the
 per-sample spread too. Only the serving loop's passes (decode steps, verify) are rescaled
-(:data:`GPU_ACTIVITIES` says why), and the target's load by its duration in the executor's untimed
-reference requests (:data:`REFERENCE_ACTIVITIES`: it holds the dispatch to the worker); other CPU
+(:data:`GPU_ACTIVITIES` says why), and the target's load and decode step by their durations in the
+executor's untimed reference requests where recorded (:data:`REFERENCE_ACTIVITIES`: the load holds
+the dispatch to the worker; the decode step is timed beside the grid, not before it); other CPU
 activities, vision encode and prefill are left as measured. The serving
 rows themselves are dropped afterwards (they only set the factors). Nothing in the
 executor's timed requests enters.
@@ -38,8 +39,11 @@ GPU_ACTIVITIES = ("verify", "decode_step")
 # (``serving_reference_stage_ms``, one target_only request per sample, no grid cell): the executor's
 # load span opens when the parent hands the request over, so it holds the dispatch to the worker
 # (load 13.2-14.4 ms in the executor's requests against 9.8-11.3 in the stage runs and the serving
-# workers' own protocol, 1 GPU, validation-graphs-1gpu-cudnn-loopgaps) that no stage row has.
-REFERENCE_ACTIVITIES = ("load",)
+# workers' own protocol, 1 GPU, validation-graphs-1gpu-cudnn-loopgaps) that no stage row has. The
+# target's decode step too: its factor replaces the serving protocol's. That protocol times 20 steps
+# per sample at the start of a call; eager steps there read 20.7-29.0 ms (median by call) while the
+# executor's own stepped 27-31 ms all grid long (validation-eager-1gpu-serving, four calls).
+REFERENCE_ACTIVITIES = ("load", "decode_step")
 
 
 def serving_runs(metadata: Mapping) -> dict[str, list[str]]:
@@ -84,7 +88,10 @@ def harness_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFr
             for g, rg in rs.groupby("gamma"):
                 if g not in per:
                     out.append([rid, role, stage, float(g), pooled, np.nan, _median(rg), 0, len(rg), "pooled"])
-    return pd.concat([pd.DataFrame(out, columns=FACTOR_COLUMNS), reference_factors(ok, metadata)], ignore_index=True)
+    serving, ref = pd.DataFrame(out, columns=FACTOR_COLUMNS), reference_factors(ok, metadata)
+    taken = set(zip(ref["serving_run"], ref["role"], ref["stage"]))  # the reference requests' factor wins
+    keep = [k not in taken for k in zip(serving["serving_run"], serving["role"], serving["stage"])]
+    return pd.concat([serving[np.array(keep, dtype=bool)], ref], ignore_index=True)
 
 
 def reference_factors(stage_timings: pd.DataFrame, metadata: Mapping) -> pd.DataFrame:

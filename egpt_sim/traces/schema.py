@@ -137,6 +137,8 @@ STAGES = ("load", "preprocess", "vision_encode", "prefill", "decode_step", "veri
 CPU_STAGES = ("load", "preprocess")
 PREFILL_PHASE_STAGES = ("load", "preprocess", "vision_encode", "prefill")  # a request's stages before its first pass
 PASS_ACTIVITIES = ("decode_step", "draft_step", "verify")  # executor timeline activities that are one token pass
+# what measure.validation_run keeps of its untimed reference requests (serving_reference_stage_ms)
+REFERENCE_STAGES = PREFILL_PHASE_STAGES + ("decode_step",)
 PLACEMENTS = ("alone", "shared_gpu", "separate_gpu")
 CONCURRENCY = ("none", "streams", "processes")
 BACKENDS = ("eager", "static", "graphs", "compiled")
