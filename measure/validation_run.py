@@ -310,8 +310,8 @@ def _record_reference(out: Path, run_id: str, reference: "ReferenceLog") -> None
     run's metadata, when that run exists: ``serving_loop_gaps_ms`` (the simulator's per-pass host
     gap) and ``serving_reference_stage_ms`` (the serving harness's prefill-phase activities)."""
     runs = schema.read_metadata(out).get("runs", {})
-    if run_id in runs and (reference.loop_gaps_ms or reference.stage_ms):
-        schema.write_metadata(out, {run_id: {**runs[run_id], "serving_loop_gaps_ms": reference.loop_gaps_ms,
+    if run_id in runs and (reference.gaps_ms or reference.stage_ms):
+        schema.write_metadata(out, {run_id: {**runs[run_id], "serving_loop_gaps_ms": reference.gaps_ms,
                                              "serving_reference_stage_ms": reference.stage_ms,
                                              "serving_loop_source": "the untimed reference request (target_only, longest N) "
                                              "of every sample (measure.validation_run)"}})
@@ -419,12 +419,12 @@ class ReferenceLog:
     """What the untimed reference requests (one per sample, no grid cell, no peer at work) show of
     the serving loop, raw and pooled over samples: gaps between passes (:func:`loop_gaps_ms`) and
     prefill-phase and decode-step durations (:func:`reference_stage_ms`), actor -> [activity ->] list of ms."""
-    loop_gaps_ms: dict = field(default_factory=dict)
+    gaps_ms: dict = field(default_factory=dict)
     stage_ms: dict = field(default_factory=dict)
 
     def add(self, timeline: pd.DataFrame | None) -> None:
         for actor, gaps in loop_gaps_ms(timeline).items():
-            self.loop_gaps_ms.setdefault(actor, []).extend(gaps)
+            self.gaps_ms.setdefault(actor, []).extend(gaps)
         for actor, acts in reference_stage_ms(timeline).items():
             for activity, ms in acts.items():
                 self.stage_ms.setdefault(actor, {}).setdefault(activity, []).extend(ms)

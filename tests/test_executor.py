@@ -326,5 +326,6 @@ def test_loop_gaps_are_the_host_time_between_one_actors_passes():
     log = ReferenceLog()
     _warm_sample(FakeExecutor(), SimpleNamespace(sample_id="s"), ValidationConfig(target="random:tiny"),
                  {0.1: {"s": "src"}}, log)
-    assert log.loop_gaps_ms == {"target": [0.5, 1.0], "drafter": [0.5]}  # the reference only (no peer at work)
-    assert log.stage_ms == {"target": {"prefill": [9.0]}, "drafter": {"load": [1.0]}}  # its prefill phase
+    assert log.gaps_ms == {"target": [0.5, 1.0], "drafter": [0.5]}  # the reference only (no peer at work)
+    # its prefill phase and decode steps (not verify or draft passes)
+    assert log.stage_ms == {"target": {"prefill": [9.0], "decode_step": [7.0, 7.0]}, "drafter": {"load": [1.0]}}
