@@ -97,11 +97,15 @@ PEER_FACTORS = {
     ("drafter", "prefill", "vision_encode"): 1.25, ("drafter", "decode_step", "prefill"): 2.5,
     ("drafter", "decode_step", "verify"): 1.7, ("drafter", "decode_step", "decode_step"): 1.9,
     ("drafter", "decode_step", "vision_encode"): 0.9,
+    # beside the peer's CPU stages (threads): ContentionModel.cpu_peer
+    ("drafter", "vision_encode", "preprocess"): 1.8, ("drafter", "prefill", "preprocess"): 1.4,
+    ("drafter", "vision_encode", "load"): 1.3, ("target", "vision_encode", "preprocess"): 1.2,
 }
 HOST_FACTORS = {
     ("target", "decode_step", "decode_step"): 1.6, ("target", "verify", "decode_step"): 1.3,
     ("target", "prefill", "decode_step"): 1.1, ("drafter", "decode_step", "verify"): 1.4,
     ("drafter", "decode_step", "decode_step"): 1.6, ("drafter", "decode_step", "prefill"): 1.2,
+    ("drafter", "prefill", "preprocess"): 1.3,
 }
 
 

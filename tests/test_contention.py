@@ -9,7 +9,7 @@ import pytest
 
 import egpt_sim as E
 from egpt_sim.sim import closed_form as C
-from egpt_sim.traces.contention import ContentionModel, infer_peer_activity, measured_stage
+from egpt_sim.traces.contention import ContentionModel, infer_peer_activity, label_cpu_peers, measured_stage
 from egpt_sim.fast import simulate_fast
 from egpt_sim.sim.rules import contention_for
 
@@ -175,6 +175,92 @@ def test_rate_model_reproduces_a_hand_computed_timeline(constant_times, factor_p
     assert (ref.requests["ttft_ms"] == expected_ttft).all()
     np.testing.assert_allclose(got.requests["latency_ms"], ref.requests["latency_ms"], rtol=0, atol=1e-9)
     assert ref.contention.domain == ("gpu" if n_gpus == 1 else "host")
+
+
+def _cpu_peer_rows():
+    """Per sample: alone drafter vision 10 ms, prefill 20 ms; in one shared_gpu run of threads
+    and one of processes, the drafter's vision (5-25 ms, 20 ms) and prefill (25-55 ms, 30 ms)
+    run inside the target's preprocess (0-60 ms) and are recorded, as the stage runs record
+    them, with an idle peer."""
+    rows = []
+    for s in "abc":
+        rows += [_row("alone", s, "drafter", "vision_encode", 10.0), _row("alone", s, "drafter", "prefill", 20.0)]
+        for conc in ("streams", "processes"):
+            kw = dict(placement="shared_gpu", peer="none", overlap=0.0, concurrency=conc)
+            rows += [_row(conc, s, "target", "preprocess", 60.0, start=0.0, **kw),
+                     _row(conc, s, "drafter", "vision_encode", 20.0, start=5.0, **kw),
+                     _row(conc, s, "drafter", "prefill", 30.0, start=25.0, **kw)]
+    return rows
+
+
+def test_gpu_rows_beside_the_peers_cpu_work_give_host_factors_with_threads_only():
+    rows = _cpu_peer_rows()
+    out = label_cpu_peers(pd.DataFrame(rows)).set_index(["run_id", "sample_id", "role", "stage"])
+    assert out.loc[("streams", "a", "drafter", "vision_encode"), "peer_activity"] == "preprocess"
+    assert out.loc[("streams", "a", "drafter", "prefill"), "overlap_frac"] == pytest.approx(1.0)
+    assert out.loc[("streams", "a", "drafter", "prefill"), "cpu_peer"]
+    assert out.loc[("processes", "a", "drafter", "prefill"), "peer_activity"] == "none"  # no shared interpreter
+    assert out.loc[("streams", "a", "target", "preprocess"), "peer_activity"] == "none"  # CPU rows untouched
+    meta = {"schema_version": "1.1", "label": "hand", "runs": {r: {"source": "synthetic"}
+                                                               for r in ("alone", "streams", "processes")}}
+    ts = E.TraceSet.from_frames(pd.DataFrame(rows), None, meta, "<hand>")
+    threads = ts.contention("shared_gpu", "streams", missing="assume:1.7")
+    assert threads.contention_factor("drafter", "vision_encode", "preprocess") == pytest.approx(2.0)
+    assert threads.contention_factor("drafter", "prefill", "preprocess") == pytest.approx(1.5)
+    # not measured beside a CPU stage: 1, never borrowed or assumed like a GPU peer's
+    assert threads.contention_factor("drafter", "prefill", "load") == 1.0
+    assert threads.contention_factor("target", "prefill", "preprocess") == 1.0
+    assert threads.factors[("drafter", "prefill", "prefill")].value == 1.7  # the GPU-peer grid: assumed
+    assert "2 measured beside the peer's CPU stages" in threads.header() and not threads.is_trivial
+    t = threads.table().set_index(["role", "stage", "peer_activity"])
+    assert t.loc[("drafter", "vision_encode", "preprocess"), "measured"]
+    procs = ts.contention("shared_gpu", "processes", missing="assume:1.0")
+    assert procs.contention_factor("drafter", "prefill", "preprocess") == 1.0 and not procs.cpu_peer
+    assert threads.scaled(0.0).contention_factor("drafter", "prefill", "preprocess") == 1.0
+
+
+def test_rows_partly_beside_a_gpu_peer_and_partly_beside_its_cpu_work_are_left_out():
+    """A drafter prefill (50-100 ms, 50 vs 20 alone) 80 % beside the target's preprocess and
+    20 % beside its vision encode: its full-overlap equivalent would charge the whole slow-down
+    to the vision encode (x16 by the rate model); with threads it is left out, so that key is
+    not measured, while with processes (no shared interpreter) it still counts."""
+    rows = []
+    for s in "abc":
+        rows += [_row("alone", s, "drafter", "prefill", 20.0)]
+        for conc in ("streams", "processes"):
+            kw = dict(placement="shared_gpu", concurrency=conc)
+            rows += [_row(conc, s, "target", "preprocess", 90.0, start=0.0, peer="none", overlap=0.0, **kw),
+                     _row(conc, s, "target", "vision_encode", 30.0, start=90.0, peer="prefill", overlap=1.0, **kw),
+                     _row(conc, s, "drafter", "prefill", 50.0, start=50.0, peer="vision_encode", overlap=0.2, **kw)]
+    out = label_cpu_peers(pd.DataFrame(rows)).set_index(["run_id", "sample_id", "role", "stage"])
+    assert out.loc[("streams", "a", "drafter", "prefill"), "confounded"]
+    assert not out.loc[("processes", "a", "drafter", "prefill"), "confounded"]
+    assert out.loc[("streams", "a", "drafter", "prefill"), "peer_activity"] == "vision_encode"  # label kept
+    meta = {"schema_version": "1.1", "label": "hand", "runs": {r: {"source": "synthetic"}
+                                                               for r in ("alone", "streams", "processes")}}
+    ts = E.TraceSet.from_frames(pd.DataFrame(rows), None, meta, "<hand>")
+    assert ("drafter", "prefill", "vision_encode") not in ts.contention_fit("shared_gpu", "streams").by_peer
+    assert ts.contention_fit("shared_gpu", "processes").by_peer[("drafter", "prefill", "vision_encode")].value > 10
+
+
+@pytest.mark.parametrize("n_gpus", [1, 2])
+def test_a_peers_cpu_stage_slows_a_gpu_stage_in_both_engines(constant_times, n_gpus):
+    """Drafter vision x2 beside the target's load, prefill x2 beside its preprocess (threads).
+    Serial CPU lane: drafter CPU 0-4; target load 4-44, preprocess 44-76, vision from 76. The
+    drafter's vision (4 ms of work) runs 4-12 at half speed; its prefill (52 ms) does 32 ms by
+    44 (no factor beside the load), 16 more by 76 at half speed, the last 4 by 80 (60 without
+    the factors). The target is not slowed: TTFT 612 either way."""
+    key = {("drafter", "vision_encode", "load"): 2.0, ("drafter", "prefill", "preprocess"): 2.0}
+    kw = {"peer_factors": key} if n_gpus == 1 else {"host_factors": key}
+    cfg = E.SimConfig(strategy="prefill_then_verify", n_gpus=n_gpus, gamma=4, output_tokens=10, acceptance=1.0,
+                      n_requests=3, contention_missing="assume:1.0")
+    for factors, drafter_end in ((kw, 80.0), ({}, 60.0)):
+        ts = C.constant_trace_set(**(constant_times | {"shared_factors": None}), acceptance_alpha=0.5, **factors)
+        ref, got = E.simulate(cfg, ts), simulate_fast(cfg, ts)
+        assert (ref.requests["drafter_prefill_end_ms"] == drafter_end).all()
+        assert (ref.requests["ttft_ms"] == 612.0).all()
+        for col in ("latency_ms", "drafter_prefill_end_ms", "drafted_tokens", "window_drafts"):
+            np.testing.assert_allclose(got.requests[col], ref.requests[col], rtol=0, atol=1e-9)
 
 
 def test_host_contention_defaults_and_provenance(example_traces):

@@ -78,7 +78,8 @@ _D_CODES = PREFILL_PHASE_STAGES + ("draft_step",)
 
 def _rate_tables(models) -> tuple[np.ndarray, np.ndarray]:
     """Per scenario: rate of the target at code tc beside the drafter at code dc, and the
-    reverse (:func:`egpt_sim.sim.rules.contended_rate`: 1 where either is a CPU stage)."""
+    reverse (:func:`egpt_sim.sim.rules.contended_rate`: 1 for a CPU stage; beside a CPU stage, its
+    measured host factor or 1)."""
     S = len(models)
     rt = np.ones((S, len(_T_CODES), len(_D_CODES)))
     rd = np.ones((S, len(_D_CODES), len(_T_CODES)))

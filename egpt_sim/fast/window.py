@@ -40,6 +40,8 @@ _T_PASS, _T_DONE, _T_PARKED = 4, 5, 6
 _D_STEP, _D_IDLE, _D_EXIT = 4, 5, 6
 _VERIFY_CODE, _DECODE_CODE = 4, 5  # a target pass in the rate tables (egpt_sim.fast.batch._T_CODES)
 _GPU_STAGE = np.array([s not in CPU_STAGES for s in PREFILL_PHASE_STAGES])  # by prefill-phase stage index
+_N_CPU = len(CPU_STAGES)  # the prefill phase's first stages are its CPU stages
+assert not _GPU_STAGE[:_N_CPU].any() and _GPU_STAGE[_N_CPU:].all()
 
 
 class _Window:
@@ -115,12 +117,19 @@ class _Window:
         return self.dd
 
     def rates(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Contended rates of the target and the drafter activity of requests ``sel`` (both on the GPU)."""
+        """Contended rates of the target and the drafter activity of requests ``sel`` (both running,
+        :meth:`running`; a CPU stage runs at 1 and slows the peer by its ``cpu_peer`` factor)."""
         tpc = self.tpc[sel]
         tc = np.where(tpc < _T_PASS, tpc, np.where(self.kcur[sel] > 0, _VERIFY_CODE, _DECODE_CODE))
         dc = np.minimum(self.dpc[sel], _D_STEP)
         s_ = self.sid[sel]
         return self.rt_pair[s_, tc, dc], self.rd_pair[s_, dc, tc]
+
+    @staticmethod
+    def running(on_gpu: np.ndarray, pc: np.ndarray, work: np.ndarray) -> np.ndarray:
+        """A role's activity that contends: a GPU activity, or one of its prefill phase's CPU
+        stages (program counter 0-1, work pending) that the peer's GPU stage may feel (threads)."""
+        return on_gpu | ((pc < _N_CPU) & np.isfinite(work))
 
     # ------------------------------------------------------------------ the rules on index arrays
 
@@ -248,7 +257,7 @@ class _Window:
         both roles are on it); returns the requests whose target / drafter activity ended."""
         if self.shared:
             rt_, rd_ = one.copy(), one.copy()
-            bi = np.flatnonzero(self.tgpu & self.dgpu)
+            bi = np.flatnonzero(self.running(self.tgpu, self.tpc, self.tw) & self.running(self.dgpu, self.dpc, self.dw))
             if bi.size:
                 rt_[bi], rd_[bi] = self.rates(bi)
             ttime = self.tw / rt_

@@ -45,6 +45,7 @@ from ..sim.processes import RequestContext
 from ..sim.rules import contention_for, cpu_lane_for
 from ..sim.runner import draw_bank, run_request
 from ..traces.acceptance import make_source
+from ..traces.schema import CPU_STAGES
 from ..traces.traceset import TraceSet
 from .config import ServingConfig
 from .placement import Placement, Replica, plan_placement
@@ -74,17 +75,19 @@ class SharedGpu(Gpu):
         self._locks = {r: simpy.Resource(env, 1) for r in ("target", "drafter")} if same_role == "serial" else None
 
     def execute(self, role: str, stage: str, work_ms: float):
-        """As :meth:`Gpu.execute`; under ``"serial"`` first waits for its role's turn."""
-        if self._locks is None:
+        """As :meth:`Gpu.execute`; under ``"serial"`` a GPU stage first waits for its role's turn
+        (a CPU stage never queues: it runs here only so that the peer's GPU stages see it)."""
+        if self._locks is None or stage in CPU_STAGES:
             return (yield from super().execute(role, stage, work_ms))
         with self._locks[role].request() as turn:
             yield turn
             return (yield from super().execute(role, stage, work_ms))
 
     def _rerate(self) -> None:
-        counts = Counter(a.role for a in self._active)
+        counts = Counter(a.role for a in self._active if a.stage not in CPU_STAGES)  # CPU stages share no GPU
         for a in self._active:
-            self._set_rate(a, contended_rate(self.contention, a, self._active) / counts[a.role])
+            share = 1 if a.stage in CPU_STAGES else counts[a.role]
+            self._set_rate(a, contended_rate(self.contention, a, self._active) / share)
 
 
 class RequestClock:

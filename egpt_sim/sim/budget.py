@@ -41,13 +41,13 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
         dp = d.phase_ms[j] if j >= 0 else d_mean
         ds = d_step[d.own_decode[j]] if j >= 0 and d.own_decode[j] >= 0 else float(np.mean(d_step))
         ts = t_step[t.own_decode[i]] if t.own_decode[i] >= 0 else float(np.mean(t_step))
-        dl = rules.lane_phase_ms(dp, mult["drafter"])
+        dl, tl = rules.lane_phase_ms(dp, mult["drafter"]), rules.lane_phase_ms(t.phase_ms[i], mult["target"])
         samples.append({
             "target_cpu_ms": float(rules.cpu_stages_ms(t.phase_ms[i])) * cpu,  # alone (target_only)
-            "target_lane_cpu_ms": float(rules.cpu_stages_ms(rules.lane_phase_ms(t.phase_ms[i], mult["target"]))) * cpu,
+            "target_lane_load_ms": float(tl[0]) * cpu, "target_lane_preprocess_ms": float(tl[1]) * cpu,
             "target_wait_ms": float(rules.lane_wait_ms(lane.mode == "serial", dl)) * cpu,
             "target_vision_ms": float(t.phase_ms[i, 2]), "target_prefill_ms": float(t.phase_ms[i, 3]),
-            "drafter_cpu_ms": float(rules.cpu_stages_ms(dl)) * cpu,  # when the drafter's GPU stages start
+            "drafter_load_ms": float(dl[0]) * cpu, "drafter_preprocess_ms": float(dl[1]) * cpu,
             "drafter_vision_ms": float(dp[2]) / cfg.drafter_speed,
             "drafter_prefill_ms": float(dp[3]) / cfg.drafter_speed,
             "drafter_step_ms": float(ds) / cfg.drafter_speed, "target_decode_ms": float(ts),
@@ -77,21 +77,24 @@ def expected_window(plan: dict, b: int) -> tuple[float, int, float]:
     """Timeline of the prefill window with budget ``b >= 1`` for one sample's times.
 
     A fluid replay of the two prefill phases and ``b - 1`` draft steps (CPU lane of the plan,
-    contention factors of ``plan["factor"]``). Returns (target prefill end ms,
-    drafts held then incl. d1, work ms left of the drafter's step in flight then).
+    contention factors of ``plan["factor"]``: a CPU stage runs at 1 and slows the peer's GPU
+    stage by its host factor, as :func:`egpt_sim.sim.rules.contended_rate` says). Returns
+    (target prefill end ms, drafts held then incl. d1, work ms left of the drafter's step in
+    flight then).
     """
     f = plan["factor"]
-    t_todo = [("cpu", plan["target_wait_ms"] + plan["target_lane_cpu_ms"]), ("vision_encode", plan["target_vision_ms"]),
-              ("prefill", plan["target_prefill_ms"])]
-    d_todo = [("cpu", plan["drafter_cpu_ms"]), ("vision_encode", plan["drafter_vision_ms"]),
-              ("prefill", plan["drafter_prefill_ms"])]
+    t_todo = [("none", plan["target_wait_ms"]), ("load", plan["target_lane_load_ms"]),
+              ("preprocess", plan["target_lane_preprocess_ms"]), ("vision_encode", plan["target_vision_ms"]),
+              ("prefill", plan["target_prefill_ms"])]  # "none": waiting for the CPU lane
+    d_todo = [("load", plan["drafter_load_ms"]), ("preprocess", plan["drafter_preprocess_ms"]),
+              ("vision_encode", plan["drafter_vision_ms"]), ("prefill", plan["drafter_prefill_ms"])]
     d_todo += [("decode_step", plan["drafter_step_ms"])] * (b - 1)
     now, drafts = 0.0, 0
     t_cur, d_cur = list(t_todo.pop(0)), list(d_todo.pop(0))
     while True:
-        both = d_cur is not None and "cpu" not in (t_cur[0], d_cur[0])  # CPU stages never contend on the GPU
-        rt = 1.0 / f("target", t_cur[0], d_cur[0]) if both else 1.0
-        rd = 1.0 / f("drafter", d_cur[0], t_cur[0]) if both else 1.0
+        peer_d = d_cur[0] if d_cur is not None else "none"
+        rt = rules.contended_rate_of(f, "target", t_cur[0], peer_d)
+        rd = rules.contended_rate_of(f, "drafter", peer_d, t_cur[0]) if d_cur else 1.0
         dt = min(t_cur[1] / rt, d_cur[1] / rd if d_cur else np.inf)
         now += dt
         t_cur[1] -= dt * rt

@@ -414,7 +414,8 @@ def constant_trace_set(
     ``peer_factors`` / ``host_factors`` map ``(role, stage, peer_activity)`` to a factor
     written as schema-1.1 rows (``peer_activity`` set, ``overlap_frac`` 1) with
     placement ``shared_gpu`` / ``separate_gpu`` (concurrency ``streams``): the fitted
-    contention models reproduce exactly these keys. ``acceptance_alpha`` adds an
+    contention models reproduce exactly these keys (a CPU stage as peer activity: the host
+    factor of threads beside the peer's load / preprocess, ``ContentionModel.cpu_peer``). ``acceptance_alpha`` adds an
     acceptance table of ``n_samples x acceptance_blocks_per_sample`` blocks of
     ``acceptance_gamma`` drafts with i.i.d. Bernoulli(alpha) matches (seeded by ``seed``;
     the table is random, the times are not). Every schema column is filled.
@@ -472,7 +473,8 @@ def _peer_rows(st: pd.DataFrame, factors: Mapping[tuple[str, str, str], float], 
     beside ``peer`` (schema 1.1 columns), ``factor x`` the alone time."""
     out = []
     for (role, stg, peer), f in factors.items():
-        if role not in schema.ROLES or stg not in _GPU_STAGES or peer not in _GPU_STAGES or not f > 0:
+        if role not in schema.ROLES or stg not in _GPU_STAGES or peer not in _GPU_STAGES + schema.CPU_STAGES \
+                or not f > 0:
             raise ValueError(f"{placement} factors: bad key or factor ({role!r}, {stg!r}, {peer!r}) -> {f!r}")
         a = st[(st["role"] == role) & (st["stage"] == stg) & (st["placement"] == "alone")].copy()
         a["duration_ms"] *= float(f)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from ..traces.contention import ContentionModel
+from ..traces.schema import CPU_STAGES
 from . import rules
 
 
@@ -73,7 +74,8 @@ class Gpu:
         return self.domain.active
 
     def execute(self, role: str, stage: str, work_ms: float):
-        """Run ``work_ms`` of alone-time work of ``role``/``stage``; returns elapsed ms."""
+        """Run ``work_ms`` of alone-time work of ``role``/``stage``; returns elapsed ms. A CPU
+        stage (load, preprocess) runs here too, at rate 1, so the peer's GPU stages see it."""
         env = self.env
         start = env.now
         self._advance()
@@ -96,7 +98,7 @@ class Gpu:
         now = self.env.now
         dt = now - d.last_update
         if dt > 0:
-            for g in {a.gpu for a in d.active}:
+            for g in {a.gpu for a in d.active if a.stage not in CPU_STAGES}:  # a CPU stage keeps no GPU busy
                 g.busy_ms += dt
             for a in d.active:
                 a.remaining_ms -= dt * a.rate

@@ -126,17 +126,14 @@ class RequestContext:
 
 
 def stage(ctx: RequestContext, role: str, name: str, work_ms: float, tokens: int = 0):
-    """One stage: CPU stages just take time; GPU stages go through the role's GPU."""
+    """One stage through the role's GPU's contention domain: a CPU stage runs at its own
+    time (rate 1) but is seen by the peer's GPU stages (host contention of threads); a GPU
+    stage at the contended rate."""
     env = ctx.env
     start = env.now
-    if name in CPU_STAGES:
-        yield env.timeout(work_ms)
-        gpu_index = -1
-    else:
-        gpu = ctx.gpu_of(role)
-        yield from gpu.execute(role, measured_stage(name), work_ms)
-        gpu_index = gpu.index
-    ctx.record(role, name, start, env.now, gpu_index, tokens)
+    gpu = ctx.gpu_of(role)
+    yield from gpu.execute(role, measured_stage(name), work_ms)
+    ctx.record(role, name, start, env.now, -1 if name in CPU_STAGES else gpu.index, tokens)
 
 
 def cpu_lane_wait(ctx: RequestContext, role: str):

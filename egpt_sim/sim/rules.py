@@ -9,9 +9,11 @@ element-wise numpy operations, so the two get the same answer by construction
 * **Contention** — which model applies (:func:`contention_for`: one GPU = the same-GPU
   model, two GPUs = the host model, strategies that never run both models at once = none)
   and how fast an activity runs beside the other role's (:func:`contended_rate`: 1 / the
-  largest factor over the peer's running GPU activities, 1 with no peer; CPU stages never
-  contend). Work is alone-time ms: an activity with ``remaining`` ms of work runs
-  ``remaining / rate`` ms of wall time (processor sharing).
+  largest factor over the peer's running activities, 1 with no peer; a CPU stage is never
+  slowed this way — its lane factor says how it shares the host — but with threads it can
+  slow the peer's GPU stage, by the measured ``cpu_peer`` factor, else not). Work is
+  alone-time ms: an activity with ``remaining`` ms of work runs ``remaining / rate`` ms of
+  wall time (processor sharing).
 * **CPU lane** — when both prefill phases run at once (:func:`cpu_lane_for`): on a
   ``serial`` lane the CPU stages (load, preprocess) of the two roles run one after the
   other, drafter first (the target waits :func:`lane_wait_ms`, the drafter's CPU stages);
@@ -81,16 +83,18 @@ def contention_for(cfg, traces) -> ContentionModel:
 
 def contended_rate(model: ContentionModel, role: str, stage: str, peer_stages) -> float:
     """Speed of ``role``'s ``stage`` (alone = 1) while the other role runs ``peer_stages``:
-    1 / the largest factor over the peer's GPU stages; 1 with none, and for a CPU stage."""
-    if stage in CPU_STAGES:
+    1 / the largest factor over the peer's stages (a CPU peer stage: the model's measured
+    host factor beside it, else 1); 1 with none, and for a CPU stage."""
+    return min((contended_rate_of(model.contention_factor, role, stage, p) for p in peer_stages), default=1.0)
+
+
+def contended_rate_of(factor, role: str, stage: str, peer_stage: str) -> float:
+    """Speed of ``role``'s ``stage`` beside one peer activity, ``factor`` =
+    ``ContentionModel.contention_factor`` (also the budget planner's fluid replay): 1 for a CPU
+    stage and beside ``"none"`` (no peer, or one waiting for the CPU lane)."""
+    if stage in CPU_STAGES or stage == "none" or peer_stage == "none":
         return 1.0
-    worst = None
-    for peer in peer_stages:
-        if peer not in CPU_STAGES:
-            f = model.contention_factor(role, stage, peer)
-            if worst is None or f > worst:
-                worst = f
-    return 1.0 if worst is None else 1.0 / worst
+    return 1.0 / factor(role, stage, peer_stage)
 
 
 def cpu_lane_for(cfg, traces) -> CpuLane:

@@ -12,6 +12,13 @@ peer). Two effects, each a :class:`ContentionModel` over the same keys:
   slow each other even on separate GPUs (issue 11). Fitted from ``placement ==
   "separate_gpu"`` rows with ``concurrency == "streams"``; with ``processes`` it is 1.0 by
   rule (no shared interpreter).
+* **A peer's CPU work** (threads only): in one interpreter a GPU activity is slowed by the
+  other thread's CPU stages too (load, preprocess hold the interpreter the launching thread
+  needs): the drafter's vision encode runs x1.8 and its prefill x1.4 beside the target's
+  preprocess in the eager H200 stage runs. Keys ``(role, GPU stage, CPU stage)`` in
+  :attr:`ContentionModel.cpu_peer`, fitted from ``streams`` rows that overlap the peer's CPU
+  stages (:func:`label_cpu_peers`; the stage runs record a GPU row's peer among GPU stages
+  only); 1 where not measured and for processes, by rule — never borrowed.
 
 Fitting (:func:`fit_factors`), per (role, stage, peer_activity): factor = median of the
 contended rows' durations / median of their *reference* durations (ratio of medians),
@@ -44,7 +51,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .schema import TraceError
+from .schema import CPU_STAGES, TraceError
 
 # the simulator's GPU activities, by role, as measured stage names
 ROLE_STAGES = {"target": ("vision_encode", "prefill", "verify", "decode_step"),
@@ -55,6 +62,7 @@ IDLE = ("none", "")
 _ACTIVITY_TO_STAGE = {"draft_step": "decode_step"}  # simulator activity -> measured stage
 _SIBLING = {"decode_step": "verify", "verify": "decode_step"}  # token passes over the KV cache
 _FULL_OVERLAP, _NO_OVERLAP = 0.95, 0.05
+SHARED_INTERPRETER = ("streams",)  # concurrency whose two models are threads of one interpreter
 MIN_ROWS = 3  # a key with fewer contended rows counts as not measured
 _MAX_FACTOR = 20.0  # full_overlap_ms: a partly overlapped row implies at most this slow-down
 _BOOTSTRAP = 200
@@ -115,13 +123,18 @@ class ContentionModel:
     source: str = "none"
     missing: str = "pooled"
     pooled: Mapping[tuple[str, str], Factor] = field(default_factory=dict)
+    cpu_peer: Mapping[tuple[str, str, str], Factor] = field(default_factory=dict)  # (role, GPU stage, CPU stage)
 
     def contention_factor(self, role: str, stage: str, peer_activity: str) -> float:
         """Slow-down of ``role``'s ``stage`` while the peer runs ``peer_activity`` (1 when
-        the peer is idle or the domain has no contention)."""
+        the peer is idle or the domain has no contention; beside a peer's CPU stage, the
+        measured :attr:`cpu_peer` factor, else 1)."""
         if self.domain == "none" or peer_activity in IDLE:
             return 1.0
         key = (role, measured_stage(stage), measured_stage(peer_activity))
+        if peer_activity in CPU_STAGES:
+            f = self.cpu_peer.get(key)
+            return 1.0 if f is None else f.value
         f = self.factors.get(key)
         if f is None:
             raise ValueError(f"contention: no factor for {key} in the {self.domain} model ({self.source})")
@@ -137,7 +150,7 @@ class ContentionModel:
     @property
     def is_trivial(self) -> bool:
         """True when every factor is 1 (activities never slow each other)."""
-        return all(f.value == 1.0 for f in self.factors.values())
+        return all(f.value == 1.0 for f in (*self.factors.values(), *self.cpu_peer.values()))
 
     def scaled(self, excess_scale: float) -> "ContentionModel":
         """What-if: scale the excess slow-down (factor - 1) of every factor by ``excess_scale``."""
@@ -150,6 +163,7 @@ class ContentionModel:
 
         return replace(self, factors={k: sc(f) for k, f in self.factors.items()},
                        pooled={k: sc(f) for k, f in self.pooled.items()},
+                       cpu_peer={k: sc(f) for k, f in self.cpu_peer.items()},
                        source=f"{self.source} x{excess_scale:g}")
 
     @staticmethod
@@ -173,13 +187,15 @@ class ContentionModel:
             why = (f"contention_missing='{self.missing}'" if any(x.startswith("pooled") for x in notes)
                    else "; ".join(sorted(notes)))
             head += f", {n - m} assumed ({why}; see .table())"
+        if self.cpu_peer:
+            head += f"; {len(self.cpu_peer)} measured beside the peer's CPU stages (threads)"
         return head
 
     def table(self, by_peer: bool = True) -> pd.DataFrame:
         """Factors with provenance: role, stage[, peer_activity], contention_factor,
-        measured, basis, n_rows, ci_low, ci_high, note. ``by_peer=False``: one row per
-        (role, stage), the factor pooled over peer activities."""
-        items = (((r, s, p), f) for (r, s, p), f in sorted(self.factors.items())) if by_peer else \
+        measured, basis, n_rows, ci_low, ci_high, note (the :attr:`cpu_peer` keys too).
+        ``by_peer=False``: one row per (role, stage), the factor pooled over GPU peer activities."""
+        items = (((r, s, p), f) for (r, s, p), f in sorted({**self.factors, **self.cpu_peer}.items())) if by_peer else \
             (((r, s), f) for (r, s), f in sorted(self.pooled.items()))
         rows = []
         for key, f in items:
@@ -231,6 +247,57 @@ def infer_peer_activity(rows: pd.DataFrame) -> pd.DataFrame:
     out["peer_activity"] = pd.array(pa, dtype="string")
     out["overlap_frac"] = of
     out["peer_inferred"] = inferred
+    return out
+
+
+def label_cpu_peers(rows: pd.DataFrame) -> pd.DataFrame:
+    """GPU rows of threads runs (:data:`SHARED_INTERPRETER`) recorded with an idle peer but
+    overlapping the peer's CPU stages (same run and sample, from ``start_ms``) get that CPU
+    stage as ``peer_activity`` (the one overlapping most) and its ``overlap_frac``; column
+    ``cpu_peer`` marks them. The stage runs record a GPU row's peer among the peer's GPU
+    stages only (``measure.writer.peer_overlap``), so these rows read as uncontended.
+
+    Column ``confounded`` marks GPU rows recorded beside a GPU peer for part of their time
+    (overlap < 0.95) and beside the peer's CPU stages for more than 0.05 of it: their
+    full-overlap equivalent (:func:`full_overlap_ms`) assumes the rest ran alone, which it did
+    not (eager H200 grid: a drafter prefill 80 % beside the target's preprocess and 20 %
+    beside its vision encode read as x19 beside the vision encode). Fits leave them out."""
+    out = rows.copy()
+    out["cpu_peer"] = False
+    out["confounded"] = False
+    if out.empty or "start_ms" not in out:
+        return out
+    shared = (out["placement"] != "alone") & out["concurrency"].isin(SHARED_INTERPRETER) & out["start_ms"].notna()
+    partial = ~(out["overlap_frac"] >= _FULL_OVERLAP)
+    gpu = shared & out["stage"].isin(GPU_STAGES) & (out["peer_activity"].isin(IDLE) | partial)
+    cpu = shared & out["stage"].isin(CPU_STAGES)
+    if not (gpu.any() and cpu.any()):
+        return out
+    pa = out["peer_activity"].astype(object).to_numpy().copy()
+    of = out["overlap_frac"].to_numpy(dtype=float).copy()
+    mark, confounded = np.zeros(len(out), dtype=bool), np.zeros(len(out), dtype=bool)
+    idle = out["peer_activity"].isin(IDLE).to_numpy()
+    cpu_rows = out[cpu]
+    cpu_end = cpu_rows["start_ms"] + cpu_rows["duration_ms"]
+    by_key = {k: g.index for k, g in cpu_rows.groupby(["run_id", "sample_id", "role"], sort=False)}
+    for i in np.flatnonzero(gpu.to_numpy()):
+        r = out.iloc[i]
+        peer = by_key.get((r["run_id"], r["sample_id"], "drafter" if r["role"] == "target" else "target"))
+        if peer is None or not r["duration_ms"] > 0:
+            continue
+        a, b = float(r["start_ms"]), float(r["start_ms"] + r["duration_ms"])
+        ov = np.clip(np.minimum(cpu_end[peer].to_numpy(float), b) - np.maximum(cpu_rows.loc[peer, "start_ms"].to_numpy(float), a),
+                     0.0, None)
+        frac = min(1.0, float(ov.sum()) / (b - a))
+        if frac <= _NO_OVERLAP:
+            continue
+        if idle[i]:
+            pa[i], of[i], mark[i] = str(cpu_rows.loc[peer, "stage"].to_numpy()[int(np.argmax(ov))]), frac, True
+        else:
+            confounded[i] = True
+    out["peer_activity"] = pd.array(pa, dtype="string")
+    out["overlap_frac"] = of
+    out["cpu_peer"], out["confounded"] = mark, confounded
     return out
 
 
@@ -319,17 +386,27 @@ def fit_factors(rows: pd.DataFrame, placement: str, concurrency: str, label: str
     """Measured factors from ``placement`` rows of ``concurrency`` (``any``: pooled).
 
     ``rows``: OK stage rows after :func:`infer_peer_activity`; ``label`` names the trace
-    set in provenance. Unmeasured keys are left out (see :func:`resolve`).
+    set in provenance. Unmeasured keys are left out (see :func:`resolve`). Rows beside the
+    peer's CPU stages (:func:`label_cpu_peers`, threads only) give :attr:`Fit.cpu_peer` and
+    are neither idle references nor part of the GPU-peer factors; confounded rows are left out.
     """
+    rows = label_cpu_peers(rows)
     busy = rows[(rows["placement"] == placement) & ~rows["peer_activity"].isin(IDLE)
-                & rows["stage"].isin(GPU_STAGES)]
+                & rows["stage"].isin(GPU_STAGES) & ~rows["confounded"]]
     if concurrency != "any":
         busy = busy[busy["concurrency"] == concurrency]
     how = f"{placement}/{concurrency} rows of {label}"
-    by_peer, pooled, unrecorded = {}, {}, set()
+    by_peer, pooled, unrecorded, cpu_peer = {}, {}, set(), {}
     if busy.empty:
         return Fit(by_peer, pooled, unrecorded, how, 0)
     ref, kinds = _references(busy, _reference_lookup(rows, placement, concurrency))
+    on_cpu = busy["peer_activity"].isin(CPU_STAGES).to_numpy(dtype=bool)
+    for (role, stage, peer), g in busy[on_cpu].groupby(["role", "stage", "peer_activity"], sort=True):
+        m = busy.index.get_indexer(g.index)
+        f = _fit_one(g, ref[m], [kinds[i] for i in m], (role, stage, str(peer)))
+        if f is not None:
+            cpu_peer[(role, stage, str(peer))] = f
+    busy, ref, kinds = busy[~on_cpu], ref[~on_cpu], [k for k, c in zip(kinds, on_cpu) if not c]
     for (role, stage), g in busy.groupby(["role", "stage"], sort=True):
         m = busy.index.get_indexer(g.index)
         f = _fit_one(g, ref[m], [kinds[i] for i in m], (role, stage, ANY_PEER))
@@ -344,7 +421,8 @@ def fit_factors(rows: pd.DataFrame, placement: str, concurrency: str, label: str
             if f is not None:
                 by_peer[(role, stage, str(peer))] = f
     inferred = bool(busy["peer_inferred"].any()) if "peer_inferred" in busy else False
-    return Fit(by_peer, pooled, unrecorded, how, int(len(busy)), inferred, _run_drift(rows, placement, concurrency))
+    return Fit(by_peer, pooled, unrecorded, how, int(len(busy)), inferred, _run_drift(rows, placement, concurrency),
+               cpu_peer)
 
 
 def _run_drift(rows: pd.DataFrame, placement: str, concurrency: str) -> str:
@@ -377,6 +455,7 @@ class Fit:
     n_rows: int  # contended rows available (0: nothing measured)
     inferred: bool = False
     drift: str = ""
+    cpu_peer: dict = field(default_factory=dict)  # (role, GPU stage, peer CPU stage) -> Factor, threads only
 
 
 def _borrow(key: tuple, fit: Fit) -> Factor | None:
@@ -424,7 +503,7 @@ def resolve(fit: Fit, missing: str, domain: str) -> ContentionModel:
         src += " (peer activity inferred from start_ms)"
     if fit.drift:
         src += f" [{fit.drift}]"
-    return ContentionModel(factors, domain, src, missing, pooled)
+    return ContentionModel(factors, domain, src, missing, pooled, fit.cpu_peer)
 
 
 def uniform_model(value: float, domain: str, source: str, note: str, missing: str = "pooled") -> ContentionModel:
@@ -498,8 +577,6 @@ def overlap_runs(metadata: dict) -> set[str]:
 def fit_cpu_lane(rows: pd.DataFrame, metadata: dict, placement: str, concurrency: str, label: str) -> CpuLane:
     """The ``overlap`` lane measured by ``placement`` runs of ``concurrency`` recorded with
     overlapping CPU stages; ``serial`` (labelled) when there are none."""
-    from .schema import CPU_STAGES
-
     runs = overlap_runs(metadata)
     conc = rows[(rows["placement"] == placement) & rows["run_id"].astype(str).isin(runs)
                 & rows["stage"].isin(CPU_STAGES)]
