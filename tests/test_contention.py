@@ -219,6 +219,27 @@ def test_gpu_rows_beside_the_peers_cpu_work_give_host_factors_with_threads_only(
     assert threads.scaled(0.0).contention_factor("drafter", "prefill", "preprocess") == 1.0
 
 
+def test_rows_that_carry_a_cpu_peer_count_only_with_threads():
+    """Executor spans carry the peer's CPU stage as peer activity already: with threads they
+    fit cpu_peer; with processes they fit nothing (1 by rule) and stay out of the GPU-peer
+    factors, whose pooled value is the GPU-peer rows' alone (x1.5 here, not x3)."""
+    rows = []
+    for s in "abc":
+        rows += [_row("alone", s, "drafter", "prefill", 20.0)]
+        for conc in ("streams", "processes"):
+            kw = dict(placement="shared_gpu", overlap=1.0, concurrency=conc)
+            rows += [_row(conc, s, "drafter", "prefill", 60.0, peer="preprocess", **kw),
+                     _row(conc, s, "drafter", "prefill", 30.0, peer="prefill", **kw)]
+    meta = {"schema_version": "1.1", "label": "hand", "runs": {r: {"source": "synthetic"}
+                                                               for r in ("alone", "streams", "processes")}}
+    ts = E.TraceSet.from_frames(pd.DataFrame(rows), None, meta, "<hand>")
+    for conc, cpu in (("streams", 3.0), ("processes", None)):
+        fit = ts.contention_fit("shared_gpu", conc)
+        assert fit.pooled[("drafter", "prefill")].value == pytest.approx(1.5), conc
+        assert (fit.cpu_peer[("drafter", "prefill", "preprocess")].value if cpu else fit.cpu_peer) == (
+            pytest.approx(cpu) if cpu else {}), conc
+
+
 def test_rows_partly_beside_a_gpu_peer_and_partly_beside_its_cpu_work_are_left_out():
     """A drafter prefill (50-100 ms, 50 vs 20 alone) 80 % beside the target's preprocess and
     20 % beside its vision encode: its full-overlap equivalent would charge the whole slow-down

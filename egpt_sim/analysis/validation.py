@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from ..sim.config import SimConfig
+from ..fast import simulate_fast
 from ..sim.runner import draw_bank, simulate
 from ..traces.harness import factor_summary, without_loop_gaps
 from ..traces.schema import TraceError
@@ -117,13 +118,17 @@ def _cell_configs(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int,
             for budget, share in sorted(budget_shares(cell).items(), key=lambda kv: (kv[0] is None, kv[0]))]
 
 
-def _simulate_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
-    """Simulated requests of one executor cell, one draw bank per window budget it ran."""
-    return pd.concat([simulate(cfg, ts, bank=draw_bank(cfg, ts)).requests
+def _simulate_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, engine=simulate_fast,
+                   **config) -> pd.DataFrame:
+    """Simulated requests of one executor cell, one draw bank per window budget it ran. ``engine``:
+    the fast engine (default; the SimPy model's requests on the same draws, ``tests/test_fastpath.py``)
+    or :func:`egpt_sim.sim.runner.simulate`."""
+    return pd.concat([engine(cfg, ts, bank=draw_bank(cfg, ts)).requests
                       for cfg in _cell_configs(cell, ts, n_predicted, seed, **config)], ignore_index=True)
 
 
-def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
+def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, engine=simulate_fast,
+                 **config) -> pd.DataFrame:
     """Simulated requests (latency_ms, speedup) for one executor cell.
 
     Where the executor replayed per-sample acceptance (a ``replay_source`` with
@@ -137,13 +142,15 @@ def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, 
     samples = sorted(set(sids)) if sids is not None else []
     if (not hasattr(src, "for_sample") or cell["strategy"].iloc[0] == "target_only"
             or not samples or not set(samples) <= set(src.sample_ids)):
-        return _simulate_cell(cell, ts, n_predicted, seed, **config).assign(sample_id=None)
+        return _simulate_cell(cell, ts, n_predicted, seed, engine, **config).assign(sample_id=None)
     per = max(PAIRED_MIN_PER_SAMPLE, -(-n_predicted // len(samples)))
+    ts.sample_tables, ts.verify_curve  # noqa: B018 -- computed once here, shared by the shallow copies below
     parts = []
     for i, sid in enumerate(samples):
         own = copy.copy(ts)
         own.replay_source = src.for_sample(sid)
-        parts.append(_simulate_cell(cell[sids == sid], own, per, seed + 7919 * (i + 1), **config).assign(sample_id=sid))
+        parts.append(_simulate_cell(cell[sids == sid], own, per, seed + 7919 * (i + 1), engine, **config)
+                     .assign(sample_id=sid))
     return pd.concat(parts, ignore_index=True)
 
 

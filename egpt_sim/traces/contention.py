@@ -387,8 +387,10 @@ def fit_factors(rows: pd.DataFrame, placement: str, concurrency: str, label: str
 
     ``rows``: OK stage rows after :func:`infer_peer_activity`; ``label`` names the trace
     set in provenance. Unmeasured keys are left out (see :func:`resolve`). Rows beside the
-    peer's CPU stages (:func:`label_cpu_peers`, threads only) give :attr:`Fit.cpu_peer` and
-    are neither idle references nor part of the GPU-peer factors; confounded rows are left out.
+    peer's CPU stages (:func:`label_cpu_peers`; rows that carry a CPU peer already, as the
+    executor's spans do) give :attr:`Fit.cpu_peer` with threads and nothing with processes (1
+    by rule); they are neither idle references nor part of the GPU-peer factors; confounded
+    rows are left out.
     """
     rows = label_cpu_peers(rows)
     busy = rows[(rows["placement"] == placement) & ~rows["peer_activity"].isin(IDLE)
@@ -401,7 +403,8 @@ def fit_factors(rows: pd.DataFrame, placement: str, concurrency: str, label: str
         return Fit(by_peer, pooled, unrecorded, how, 0)
     ref, kinds = _references(busy, _reference_lookup(rows, placement, concurrency))
     on_cpu = busy["peer_activity"].isin(CPU_STAGES).to_numpy(dtype=bool)
-    for (role, stage, peer), g in busy[on_cpu].groupby(["role", "stage", "peer_activity"], sort=True):
+    threads = on_cpu & busy["concurrency"].isin(SHARED_INTERPRETER).to_numpy(dtype=bool)
+    for (role, stage, peer), g in busy[threads].groupby(["role", "stage", "peer_activity"], sort=True):
         m = busy.index.get_indexer(g.index)
         f = _fit_one(g, ref[m], [kinds[i] for i in m], (role, stage, str(peer)))
         if f is not None:
