@@ -237,7 +237,7 @@ def infer_peer_activity(rows: pd.DataFrame) -> pd.DataFrame:
         code = np.array([GPU_STAGES.index(x) for x in g["stage"]], dtype=np.int64)
         for j in range(len(g)):
             peer = role != role[j]
-            ov = np.clip(np.minimum(end[peer], end[j]) - np.maximum(start[peer], start[j]), 0.0, None)
+            ov = _overlap_ms(start[j], end[j], start[peer], end[peer])
             dur, tot = end[j] - start[j], ov.sum()
             p = pos[j]
             of[p] = min(1.0, tot / dur) if dur > 0 else 0.0
@@ -248,6 +248,11 @@ def infer_peer_activity(rows: pd.DataFrame) -> pd.DataFrame:
     out["overlap_frac"] = of
     out["peer_inferred"] = inferred
     return out
+
+
+def _overlap_ms(start: float, end: float, peer_start: np.ndarray, peer_end: np.ndarray) -> np.ndarray:
+    """How long (ms) the span [start, end) overlaps each peer span."""
+    return np.clip(np.minimum(peer_end, end) - np.maximum(peer_start, start), 0.0, None)
 
 
 def label_cpu_peers(rows: pd.DataFrame) -> pd.DataFrame:
@@ -277,22 +282,23 @@ def label_cpu_peers(rows: pd.DataFrame) -> pd.DataFrame:
     of = out["overlap_frac"].to_numpy(dtype=float).copy()
     mark, confounded = np.zeros(len(out), dtype=bool), np.zeros(len(out), dtype=bool)
     idle = out["peer_activity"].isin(IDLE).to_numpy()
-    cpu_rows = out[cpu]
-    cpu_end = cpu_rows["start_ms"] + cpu_rows["duration_ms"]
-    by_key = {k: g.index for k, g in cpu_rows.groupby(["run_id", "sample_id", "role"], sort=False)}
+    start, dur = out["start_ms"].to_numpy(float), out["duration_ms"].to_numpy(float)
+    stage, key = out["stage"].to_numpy(), list(zip(out["run_id"], out["sample_id"], out["role"]))
+    by_key: dict[tuple, list[int]] = {}
+    for i in np.flatnonzero(cpu.to_numpy()):
+        by_key.setdefault(key[i], []).append(i)
+    cpu_spans = {k: (start[g], start[g] + dur[g], stage[g]) for k, g in by_key.items()}  # -> its CPU spans
     for i in np.flatnonzero(gpu.to_numpy()):
-        r = out.iloc[i]
-        peer = by_key.get((r["run_id"], r["sample_id"], "drafter" if r["role"] == "target" else "target"))
-        if peer is None or not r["duration_ms"] > 0:
+        run, sid, role = key[i]
+        peer = cpu_spans.get((run, sid, peer_of(role)))
+        if peer is None or not dur[i] > 0:
             continue
-        a, b = float(r["start_ms"]), float(r["start_ms"] + r["duration_ms"])
-        ov = np.clip(np.minimum(cpu_end[peer].to_numpy(float), b) - np.maximum(cpu_rows.loc[peer, "start_ms"].to_numpy(float), a),
-                     0.0, None)
-        frac = min(1.0, float(ov.sum()) / (b - a))
+        ov = _overlap_ms(start[i], start[i] + dur[i], peer[0], peer[1])
+        frac = min(1.0, float(ov.sum()) / dur[i])
         if frac <= _NO_OVERLAP:
             continue
         if idle[i]:
-            pa[i], of[i], mark[i] = str(cpu_rows.loc[peer, "stage"].to_numpy()[int(np.argmax(ov))]), frac, True
+            pa[i], of[i], mark[i] = str(peer[2][int(np.argmax(ov))]), frac, True
         else:
             confounded[i] = True
     out["peer_activity"] = pd.array(pa, dtype="string")
