@@ -6,7 +6,8 @@ import pytest
 
 import egpt_sim as E
 from egpt_sim.traces.schema import TraceError
-from egpt_sim.analysis.validation import compare, median_se_pct, tost_equivalence, verdict
+from egpt_sim.analysis.validation import (compare, measured_speedups, median_se_pct, tost_equivalence,
+                                         unpaired_draw_speedups, verdict)
 
 
 def test_tost_accepts_equal_and_rejects_shifted_distributions():
@@ -160,3 +161,25 @@ def test_residuals_simulate_every_request_of_a_cell():
     assert res.loc[("target", "prefill"), "predicted_per_request"] == 1.0
     assert pre.min() <= res.loc[("target", "prefill"), "predicted_median_ms"] <= pre.max()
     assert res.loc[("target", "decode_step"), "predicted_per_request"] == 5.0
+
+
+def test_simulated_speedup_is_estimated_as_the_measured_one_is():
+    """Measured: one target_only and one strategy request per sample, independent noise (log-sd
+    0.2), so the mean of their ratio is exp(0.2^2) = 1.041, not 1. The simulator's same-draws ratio
+    is exactly 1 here; the estimator compared with the measurement must read 1.041 too, and never
+    pair a request with another sample's baseline (samples 10x apart)."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    scale = np.where(np.arange(n) % 2 == 0, 100.0, 1000.0)
+    sids = [f"s{i}" for i in range(n)]
+    measured = pd.DataFrame({"strategy": ["target_only"] * n + ["prefill_then_verify"] * n,
+                             "sample_id": sids * 2, "output_tokens": 20,
+                             "latency_ms": np.r_[scale, scale] * rng.lognormal(0.0, 0.2, 2 * n)})
+    meas = measured_speedups(measured)[measured["strategy"] != "target_only"].mean()
+    lat = np.repeat([100.0, 1000.0], n) * rng.lognormal(0.0, 0.2, 2 * n)
+    pred = pd.DataFrame({"sample_id": np.repeat(["a", "b"], n), "latency_ms": lat, "baseline_latency_ms": lat,
+                         "speedup": 1.0})
+    sim = unpaired_draw_speedups(pred)
+    assert meas == pytest.approx(np.exp(0.04), abs=0.01)
+    assert sim.mean() == pytest.approx(meas, abs=0.01) and pred["speedup"].mean() == 1.0
+    assert sim.max() < 3.0  # within a sample only

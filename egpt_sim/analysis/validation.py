@@ -85,6 +85,25 @@ def measured_speedups(results: pd.DataFrame) -> pd.Series:
     return pd.Series(base.reindex(idx).to_numpy() / results["latency_ms"].to_numpy(), index=results.index)
 
 
+def unpaired_draw_speedups(pred_rows: pd.DataFrame) -> pd.Series:
+    """Per simulated request: the simulated speed-up estimated as :func:`measured_speedups`
+    estimates the measured one -- a ``target_only`` latency of *another* request of the same
+    sample over this request's latency.
+
+    The executor's baseline and strategy requests are separate requests with independent noise,
+    so the mean of their ratio carries E[1/T] > 1/E[T] (about +CV^2 of the strategy's latency:
+    +0.03 for eager requests varying 18 %). The simulator's own ``speedup`` divides by the
+    baseline on the *same draws* (common random numbers, a different estimand: nearly free of that
+    term), so comparing it with the measured mean compared two estimators. Here each request's
+    baseline is the next request's of its sample (rolled by one), independent of its own draws."""
+    if "baseline_latency_ms" not in pred_rows or len(pred_rows) < 2:
+        return pred_rows.get("speedup", pd.Series(np.nan, index=pred_rows.index))
+    groups = pred_rows["sample_id"].fillna("") if "sample_id" in pred_rows else pd.Series("", index=pred_rows.index)
+    base = pred_rows.groupby(groups, sort=False)["baseline_latency_ms"].transform(
+        lambda b: np.roll(b.to_numpy(), 1) if len(b) > 1 else b)
+    return base / pred_rows["latency_ms"]
+
+
 def _replayed_acceptance(ts: TraceSet):
     """The acceptance source the executor replayed (set by :func:`load_validation_dir`), else
     the trace set's recorded acceptance, else alpha = 0."""
@@ -211,14 +230,15 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
         spd_m = float(cell["measured_speedup"].mean())
         spd_all = cell["measured_speedup"].dropna().to_numpy(float)
         err_pct, se_pct = 100.0 * (med_p - med_m) / med_m, median_se_pct(meas)
-        spd_p = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
+        spd_p = float(unpaired_draw_speedups(pred_rows).mean()) if "speedup" in pred_rows else float("nan")
+        spd_same = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
         paired_ok, paired_p = paired_tost(paired_request_errors(cell, pred_rows).to_numpy(), float(meas.mean()))
         rows.append({
             "n_gpus": int(n_gpus), "sigma": sigma, "strategy": strategy, "output_tokens": int(n_tok),
             "gamma": int(gamma), "window_budget": _cell_budget(cell), "n_measured": len(meas),
             "measured_median_ms": med_m, "predicted_median_ms": med_p, "error_pct": err_pct,
             "measured_se_pct": se_pct, "within_noise": bool(abs(err_pct) <= 2.0 * se_pct),
-            "measured_speedup": spd_m, "predicted_speedup": spd_p,
+            "measured_speedup": spd_m, "predicted_speedup": spd_p, "predicted_speedup_same_draws": spd_same,
             "speedup_error": spd_p - spd_m if strategy != "target_only" else float("nan"),
             "measured_speedup_se": (float(spd_all.std(ddof=1) / np.sqrt(len(spd_all))) if len(spd_all) >= 2
                                     and strategy != "target_only" else float("nan")),
@@ -604,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                      "ks_pvalue", "tost_equivalent"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
         print(f"verdict ({mode}): {verdict(overall)}")
         if mode == "stages":
-            scatter(cells, out / "validation_scatter.png", f"{Path(a.folder).name}: traces-only prediction")
+            workers = {"streams": "threads", "processes": "processes"}.get(overall.get("contention_concurrency"), "")
+            scatter(cells, out / "validation_scatter.png",
+                    f"{Path(a.folder).name}: traces-only prediction" + (f" ({workers})" if workers else ""))
     if a.residuals:
         results, traces_for = load_validation_dir(a.folder)
         tl = pd.read_parquet(Path(a.folder) / "executor_timeline.parquet")
