@@ -96,12 +96,12 @@ def test_per_sample_predictions_pair_with_their_requests():
     """Each measured sample is simulated on its own verifications: for requests whose latency is
     set by their sample's acceptance, the paired TOST shows equivalence with far more certainty
     than the unpaired one."""
-    import copy
-
     from egpt_sim.analysis.validation import predict_cell
 
-    ts = copy.copy(E.load_traces("example/seed_calibrated"))
-    ts.replay_source = _two_sample_source()
+    base = E.load_traces("example/seed_calibrated")
+    ts = base.with_replay_source(_two_sample_source())
+    # a copy: the loaded set keeps its own acceptance, and the copies share the tables
+    assert base.replay_source is None and ts.sample_tables is base.sample_tables
     cell = pd.DataFrame({"strategy": "parallel_sd", "output_tokens": 50, "gamma": 8, "sigma": 0.0,
                          "n_gpus": 1, "sample_id": ["a", "b"] * 4, "latency_ms": 0.0})
     pred = predict_cell(cell, ts, 200, seed=3)

@@ -15,7 +15,6 @@ Executor results (``executor_results.parquet``) need the columns
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -107,7 +106,7 @@ def unpaired_draw_speedups(pred_rows: pd.DataFrame) -> pd.Series:
 def _replayed_acceptance(ts: TraceSet):
     """The acceptance source the executor replayed (set by :func:`load_validation_dir`), else
     the trace set's recorded acceptance, else alpha = 0."""
-    src = getattr(ts, "replay_source", None)
+    src = ts.replay_source
     return src if src is not None else ("trace" if ts.acceptance is not None else 0.0)
 
 
@@ -156,18 +155,16 @@ def predict_cell(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, 
     prediction of a request is then paired with the request (:func:`paired_tost`). Else (or when
     the trace lacks one of the cell's samples) one simulation of the pooled source.
     """
-    src = getattr(ts, "replay_source", None)
+    src = ts.replay_source
     sids = cell["sample_id"].astype(str) if "sample_id" in cell else None
     samples = sorted(set(sids)) if sids is not None else []
     if (not hasattr(src, "for_sample") or cell["strategy"].iloc[0] == "target_only"
             or not samples or not set(samples) <= set(src.sample_ids)):
         return _simulate_cell(cell, ts, n_predicted, seed, engine, **config).assign(sample_id=None)
     per = max(PAIRED_MIN_PER_SAMPLE, -(-n_predicted // len(samples)))
-    ts.sample_tables, ts.verify_curve  # noqa: B018 -- computed once here, shared by the shallow copies below
     parts = []
     for i, sid in enumerate(samples):
-        own = copy.copy(ts)
-        own.replay_source = src.for_sample(sid)
+        own = ts.with_replay_source(src.for_sample(sid))
         parts.append(_simulate_cell(cell[sids == sid], own, per, seed + 7919 * (i + 1), engine, **config)
                      .assign(sample_id=sid))
     return pd.concat(parts, ignore_index=True)

@@ -27,6 +27,7 @@ Assumptions (stated once, used everywhere):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -95,6 +96,8 @@ class TraceSet:
     _cache: dict = field(default_factory=dict, repr=False)
     # serving-harness factors applied at load (:mod:`egpt_sim.traces.harness`; empty: none)
     serving_factors: pd.DataFrame | None = field(default=None, repr=False)
+    # acceptance the executor replayed, set by validation (None: the set's recorded acceptance)
+    replay_source: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -138,6 +141,15 @@ class TraceSet:
                         f"{self.path}: column 'stage' has no '{stage}' rows for role '{role}' "
                         "with placement 'alone' (needed to simulate)"
                     )
+
+    def with_replay_source(self, source: Any) -> "TraceSet":
+        """A shallow copy that replays ``source`` (an acceptance source, e.g. one sample's) and
+        shares this set's tables and caches; the per-sample tables and the verify curve are
+        computed once, here, rather than once per copy."""
+        self.sample_tables, self.verify_curve  # noqa: B018 -- warm before copying
+        own = copy.copy(self)
+        own.replay_source = source
+        return own
 
     # ------------------------------------------------------------------ views
     @cached_property
