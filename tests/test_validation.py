@@ -183,3 +183,17 @@ def test_simulated_speedup_is_estimated_as_the_measured_one_is():
     assert meas == pytest.approx(np.exp(0.04), abs=0.01)
     assert sim.mean() == pytest.approx(meas, abs=0.01) and pred["speedup"].mean() == 1.0
     assert sim.max() < 3.0  # within a sample only
+
+
+def test_verdict_says_which_goals_the_noise_cannot_show():
+    base = {"median_abs_error_pct": 2.4, "p90_abs_error_pct": 9.2, "p90_abs_speedup_error": 0.063,
+            "tost_equivalent_fraction": 0.0, "paired_tost_equivalent_fraction": 0.08,
+            "contention_concurrency": "streams"}
+    floor = {"p90_abs_error_pct_if_exact": 8.2, "p90_abs_speedup_error_if_exact": 0.069}
+    line = verdict(base | floor)  # eager goals: p90 10 %, speed-up 0.05
+    assert line.startswith("MISSES") and "the p90 speed-up goal cannot be shown" in line
+    assert "p90 latency" not in line  # 8.2 % < 10 %: showable
+    both = verdict(base | floor | {"p90_abs_error_pct_if_exact": 12.0})
+    assert "the p90 latency and p90 speed-up goals cannot be shown" in both
+    assert "cannot be shown" not in verdict(base | {"p90_abs_error_pct_if_exact": 2.0,
+                                                     "p90_abs_speedup_error_if_exact": 0.01})

@@ -564,7 +564,18 @@ def verdict(overall: dict) -> str:
                if "median_measured_se_pct" in overall else "")
             + (f"; a model without error would score p90 {overall['p90_abs_error_pct_if_exact']:.1f} % / "
                f"{overall['p90_abs_speedup_error_if_exact']:.3f} on this noise"
-               if "p90_abs_error_pct_if_exact" in overall else ""))
+               if "p90_abs_error_pct_if_exact" in overall else "")
+            + _unshowable(overall, p90, spd))
+
+
+def _unshowable(overall: dict, p90_goal_pct: float, speedup_goal: float) -> str:
+    """Which p90 goals lie below what a model without error would score on the grid's noise
+    (:func:`exact_model_p90`): no model can be shown to meet them with these requests per cell."""
+    floors = (("p90 latency", p90_goal_pct, overall.get("p90_abs_error_pct_if_exact")),
+              ("p90 speed-up", speedup_goal, overall.get("p90_abs_speedup_error_if_exact")))
+    below = [name for name, goal, floor in floors if floor is not None and np.isfinite(floor) and floor > goal]
+    return (f"; the {' and '.join(below)} goal{'s' if len(below) > 1 else ''} cannot be shown on this noise "
+            "(more requests per cell)") if below else ""
 
 
 def scatter(cells: pd.DataFrame, path: Path, title: str) -> Path:
