@@ -95,11 +95,10 @@ def unpaired_draw_speedups(pred_rows: pd.DataFrame) -> pd.Series:
     baseline on the *same draws* (common random numbers, a different estimand: nearly free of that
     term), so comparing it with the measured mean compared two estimators. Here each request's
     baseline is the next request's of its sample (rolled by one), independent of its own draws."""
-    if "baseline_latency_ms" not in pred_rows or len(pred_rows) < 2:
+    if "baseline_latency_ms" not in pred_rows:
         return pred_rows.get("speedup", pd.Series(np.nan, index=pred_rows.index))
     groups = pred_rows["sample_id"].fillna("") if "sample_id" in pred_rows else pd.Series("", index=pred_rows.index)
-    base = pred_rows.groupby(groups, sort=False)["baseline_latency_ms"].transform(
-        lambda b: np.roll(b.to_numpy(), 1) if len(b) > 1 else b)
+    base = pred_rows.groupby(groups, sort=False)["baseline_latency_ms"].transform(lambda b: np.roll(b.to_numpy(), 1))
     return base / pred_rows["latency_ms"]
 
 

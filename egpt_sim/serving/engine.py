@@ -84,9 +84,9 @@ class SharedGpu(Gpu):
             return (yield from super().execute(role, stage, work_ms))
 
     def _rerate(self) -> None:
-        counts = Counter(a.role for a in self._active if a.stage not in CPU_STAGES)  # CPU stages share no GPU
+        counts = Counter(a.role for a in self._active if a.on_gpu)  # CPU stages share no GPU
         for a in self._active:
-            share = 1 if a.stage in CPU_STAGES else counts[a.role]
+            share = counts[a.role] if a.on_gpu else 1
             self._set_rate(a, contended_rate(self.contention, a, self._active) / share)
 
 

@@ -34,6 +34,11 @@ class _Activity:
     rate: float = 1.0
     changed: simpy.Event | None = field(default=None, repr=False)
 
+    @property
+    def on_gpu(self) -> bool:
+        """False for a CPU stage: it is in the domain only so that the peer's GPU stages see it."""
+        return self.stage not in CPU_STAGES
+
 
 def contended_rate(contention: ContentionModel, act, active) -> float:
     """Rate of ``act`` among ``active`` activities (:func:`egpt_sim.sim.rules.contended_rate`
@@ -98,7 +103,7 @@ class Gpu:
         now = self.env.now
         dt = now - d.last_update
         if dt > 0:
-            for g in {a.gpu for a in d.active if a.stage not in CPU_STAGES}:  # a CPU stage keeps no GPU busy
+            for g in {a.gpu for a in d.active if a.on_gpu}:
                 g.busy_ms += dt
             for a in d.active:
                 a.remaining_ms -= dt * a.rate
