@@ -34,6 +34,8 @@ def test_compare_recovers_its_own_predictions():
     # the truth is the simulator itself: every cell within its measurement noise
     assert cells["within_noise"].all() and overall["within_noise_fraction"] == 1.0
     assert (cells["measured_se_pct"] > 0).all()
+    # target_only is its own baseline: its predicted speed-up is the same-draws ratio, exactly 1
+    assert (cells.loc[cells["strategy"] == "target_only", "predicted_speedup"] == 1.0).all()
 
 
 def test_median_se_matches_the_normal_theory_and_flags_a_biased_prediction():

@@ -226,8 +226,10 @@ def compare(results: pd.DataFrame, traces_for_sigma: Callable[[float], TraceSet]
         spd_m = float(cell["measured_speedup"].mean())
         spd_all = cell["measured_speedup"].dropna().to_numpy(float)
         err_pct, se_pct = 100.0 * (med_p - med_m) / med_m, median_se_pct(meas)
-        spd_p = float(unpaired_draw_speedups(pred_rows).mean()) if "speedup" in pred_rows else float("nan")
         spd_same = float(pred_rows["speedup"].mean()) if "speedup" in pred_rows else float("nan")
+        # a target_only request is its own measured baseline (ratio 1): the same-draws figure is its twin
+        spd_p = spd_same if strategy == "target_only" or "speedup" not in pred_rows else \
+            float(unpaired_draw_speedups(pred_rows).mean())
         paired_ok, paired_p = paired_tost(paired_request_errors(cell, pred_rows).to_numpy(), float(meas.mean()))
         rows.append({
             "n_gpus": int(n_gpus), "sigma": sigma, "strategy": strategy, "output_tokens": int(n_tok),
