@@ -165,6 +165,34 @@ def test_residuals_simulate_every_request_of_a_cell():
     assert res.loc[("target", "decode_step"), "predicted_per_request"] == 5.0
 
 
+def test_residuals_compare_pass_spans_without_the_loop_gap():
+    """The executor's pass spans exclude the host gap between passes; the simulated ones must
+    too (the model charges the gap before each pass), and the gap gets its own ``loop_gap`` row
+    on both sides, with its time per request."""
+    from egpt_sim.analysis.validation import activity_residuals, loop_gap_rows, predict_cell_timeline
+
+    ts = E.load_traces("example/seed_calibrated")
+    cell = pd.DataFrame({"strategy": ["target_only"] * 2, "output_tokens": [6, 6], "gamma": [0, 0], "n_gpus": [1, 1],
+                         "sigma": [0.1, 0.1], "request_id": [1, 2], "latency_ms": [900.0, 910.0]})
+    plain = predict_cell_timeline(cell, ts, n_predicted=5, seed=0)
+    gapped = predict_cell_timeline(cell, ts, n_predicted=5, seed=0, pass_gap_ms=3.0)
+    span = lambda tl: (tl["end_ms"] - tl["start_ms"])[tl["activity"] == "decode_step"].to_numpy()
+    assert span(gapped) == pytest.approx(span(plain))  # the gap is not in the span
+    gaps = loop_gap_rows(gapped.assign(duration_ms=gapped["end_ms"] - gapped["start_ms"]))
+    assert gaps.loc[gaps["activity"] == "loop_gap", "duration_ms"].to_numpy() == pytest.approx(3.0)
+    # measured: two decode steps per request, 2 ms apart
+    measured = pd.DataFrame({"request_id": [1, 1, 1, 2, 2, 2], "actor": "target",
+                             "activity": ["prefill", "decode_step", "decode_step"] * 2,
+                             "start_ms": [0.0, 600.0, 632.0, 0.0, 610.0, 642.0],
+                             "end_ms": [580.0, 630.0, 662.0, 590.0, 640.0, 672.0]})
+    res = activity_residuals(cell, measured, {0.1: ts}, n_predicted=5, pass_gap_ms=3.0).set_index(["actor", "activity"])
+    gap = res.loc[("target", "loop_gap")]
+    assert gap["measured_median_ms"] == 2.0 and gap["measured_per_request"] == 1.0
+    assert gap["predicted_median_ms"] == pytest.approx(3.0) and gap["predicted_per_request"] == 4.0
+    assert gap["delta_ms_per_request"] == pytest.approx(4 * 3.0 - 2.0)
+    assert res.loc[("target", "decode_step"), "measured_ms_per_request"] == 60.0
+
+
 def test_simulated_speedup_is_estimated_as_the_measured_one_is():
     """Measured: one target_only and one strategy request per sample, independent noise (log-sd
     0.2), so the mean of their ratio is exp(0.2^2) = 1.041, not 1. The simulator's same-draws ratio

@@ -15,8 +15,9 @@ some cells and scored on the others (``egpt_sim.validation``'s ``executor_folds`
   out: it cannot tell one (role, stage, peer activity) factor.
 * A token pass (decode step, draft step, verify) lasts from its start to the start of the
   same actor's next span: the per-step host work between passes (reading the token,
-  messages, waiting for a time slice on a shared GPU) is part of the step's cost, as the
-  simulator, which has no host gaps, must charge it. Other spans keep their duration.
+  messages, waiting for a time slice on a shared GPU) is part of the step's cost, so the
+  simulator charges it there (and no separate loop gap: the folder's recorded gaps are
+  dropped in that mode, ``without_loop_gaps``). Other spans keep their duration.
 * The drafter's ``alone`` rows and the target's ``alone`` verify rows (target_only runs
   none) stay those of the stage runs.
 """

@@ -24,9 +24,9 @@ from scipy import stats
 
 from ..sim.config import SimConfig
 from ..fast import simulate_fast
-from ..sim.runner import draw_bank, simulate
+from ..sim.runner import draw_bank, pass_gaps_ms, simulate
 from ..traces.harness import factor_summary, without_loop_gaps
-from ..traces.schema import TraceError
+from ..traces.schema import PASS_ACTIVITIES, TraceError
 from ..traces.traceset import TraceSet
 from .executor_rows import executor_stage_rows, span_rows
 
@@ -296,9 +296,12 @@ def exact_model_p90(se, n_draws: int = 4000, seed: int = 0) -> float:
 def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
                        traces_for_sigma: Callable[[float], TraceSet] | Mapping[float, TraceSet],
                        n_predicted: int = 200, seed: int = 0, **config) -> pd.DataFrame:
-    """Per (strategy, actor, activity): the executor's median activity duration and its mean
-    count per request vs the simulator's, on every cell pooled — which activity is mispredicted
-    and by how much (``error_pct``; ``count_error`` in activities per request)."""
+    """Per (strategy, actor, activity): the executor's median activity duration, its mean count
+    per request and its mean time per request vs the simulator's, on every cell pooled -- which
+    activity is mispredicted and by how much (``error_pct`` of the median; ``count_error`` in
+    activities per request; ``delta_ms_per_request``, what it adds to a request's time).
+    ``loop_gap`` rows: host time between two passes of a role (:func:`loop_gap_rows`); the
+    simulated pass spans exclude the simulated gap, as the executor's do."""
     get = traces_for_sigma.__getitem__ if isinstance(traces_for_sigma, Mapping) else traces_for_sigma
     res = results.copy()
     res["n_gpus"] = res["n_gpus"] if "n_gpus" in res else 1
@@ -313,24 +316,41 @@ def activity_residuals(results: pd.DataFrame, timeline: pd.DataFrame,
     out = []
     for name, frame, n_req in (("measured", tl, res.groupby("strategy").size()),
                                ("predicted", sim, sim.groupby("strategy")["request_id"].nunique())):
-        d = frame.assign(duration_ms=frame["end_ms"] - frame["start_ms"])
+        d = loop_gap_rows(frame.assign(duration_ms=frame["end_ms"] - frame["start_ms"]))
         g = d.groupby(["strategy", "actor", "activity"])["duration_ms"]
-        out.append(pd.DataFrame({f"{name}_median_ms": g.median(),
-                                 f"{name}_per_request": g.size() / n_req.reindex(g.size().index.get_level_values(0)).to_numpy()}))
+        per_req = n_req.reindex(g.size().index.get_level_values(0)).to_numpy()
+        out.append(pd.DataFrame({f"{name}_median_ms": g.median(), f"{name}_per_request": g.size() / per_req,
+                                 f"{name}_ms_per_request": g.sum() / per_req}))
     both = pd.concat(out, axis=1).reset_index()
     both["error_pct"] = 100 * (both["predicted_median_ms"] / both["measured_median_ms"] - 1)
     both["count_error"] = both["predicted_per_request"] - both["measured_per_request"]
+    both["delta_ms_per_request"] = both["predicted_ms_per_request"] - both["measured_ms_per_request"]
     return both
+
+
+def loop_gap_rows(timeline: pd.DataFrame) -> pd.DataFrame:
+    """``timeline`` (with ``duration_ms``) plus one ``loop_gap`` row per pass of a role that
+    follows another pass of that role in the same request: the host time (ms) from the end of
+    the one to the start of the next (bookkeeping, messages, and any wait for drafts or
+    lookahead room)."""
+    p = timeline[timeline["activity"].isin(PASS_ACTIVITIES)].sort_values(["request_id", "actor", "start_ms"])
+    nxt = p.groupby(["request_id", "actor"])["start_ms"].shift(-1)
+    gaps = p.assign(activity="loop_gap", start_ms=p["end_ms"], end_ms=nxt, duration_ms=nxt - p["end_ms"])
+    return pd.concat([timeline, gaps.dropna(subset=["duration_ms"])], ignore_index=True)
 
 
 def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
     """Simulated activity timeline (with a ``strategy`` column) of every simulated request of one
-    executor cell, the same scenarios as :func:`predict_cell` (pooled acceptance)."""
+    executor cell, the same scenarios as :func:`predict_cell` (pooled acceptance). A pass span
+    starts after the simulated host gap the model charges before it (``pass_gap_ms``), so it
+    holds what an executor span holds; the gap is left between spans."""
     first = cell.iloc[0]
     key = f"{first['sigma']}-{first['output_tokens']}-{first['n_gpus']}"
     parts = []
     for cfg in _cell_configs(cell, ts, n_predicted, seed, **config):
         tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True, n_timeline_requests=cfg.n_requests).timeline
+        gap = tl["actor"].map(pass_gaps_ms(cfg, ts)).fillna(0.0).where(tl["activity"].isin(PASS_ACTIVITIES), 0.0)
+        tl = tl.assign(start_ms=np.minimum(tl["start_ms"] + gap, tl["end_ms"]))
         parts.append(tl.assign(request_id=f"{key}-b{cfg.window_budget}-" + tl["request_id"].astype(str)))
     return pd.concat(parts, ignore_index=True).assign(strategy=first["strategy"])
 

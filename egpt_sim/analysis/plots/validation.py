@@ -13,16 +13,20 @@ from .base import STRATEGY_COLORS, _caption, _finish, _need_columns, _require
 def plot_activity_residuals(residuals: pd.DataFrame, caption: str | None = None):
     """Which activity the simulator mispredicts: (simulated / executor median duration - 1) in %
     per strategy x actor x activity, labelled with the executor's median (ms) and the error in
-    activities per request (simulated - executor)."""
-    r = residuals.dropna(subset=["error_pct"]).sort_values(["strategy", "actor", "activity"])
+    activities per request (simulated - executor) and, where known, in ms per request: what the
+    activity adds to a request's latency (``loop_gap``: host time between two passes)."""
+    r = residuals.replace([np.inf, -np.inf], np.nan).dropna(subset=["error_pct"])
+    r = r.sort_values(["strategy", "actor", "activity"])
+    delta = r["delta_ms_per_request"] if "delta_ms_per_request" in r else pd.Series(np.nan, index=r.index)
     labels = [f"{s} · {a} · {act}" for s, a, act in zip(r["strategy"], r["actor"], r["activity"])]
     fig, ax = plt.subplots(figsize=(8, 0.26 * len(r) + 1.5))
     y = np.arange(len(r))
     colors = ["#c0392b" if abs(e) > 10 else "#e67e22" if abs(e) > 5 else "#2e86c1" for e in r["error_pct"]]
     ax.barh(y, r["error_pct"], color=colors)
-    for yi, (e, m, c) in enumerate(zip(r["error_pct"], r["measured_median_ms"], r["count_error"])):
-        ax.text(max(e, 0.0), yi, f" {m:.1f} ms" + (f", {c:+.1f}/req" if abs(c) >= 0.05 else ""), va="center",
-                ha="left", fontsize=7)
+    for yi, (e, m, c, d) in enumerate(zip(r["error_pct"], r["measured_median_ms"], r["count_error"], delta)):
+        text = f" {m:.1f} ms" + (f", {c:+.1f}/req" if abs(c) >= 0.05 else "")
+        text += f", {d:+.0f} ms/req" if np.isfinite(d) and abs(d) >= 0.5 else ""
+        ax.text(max(e, 0.0), yi, text, va="center", ha="left", fontsize=7)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set(yticks=y, yticklabels=labels, xlabel="simulated vs executor median duration, %")
     ax.tick_params(axis="y", labelsize=7)
