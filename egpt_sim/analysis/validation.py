@@ -333,8 +333,9 @@ def loop_gap_rows(timeline: pd.DataFrame) -> pd.DataFrame:
     follows another pass of that role in the same request: the host time (ms) from the end of
     the one to the start of the next (bookkeeping, messages, and any wait for drafts or
     lookahead room)."""
-    p = timeline[timeline["activity"].isin(PASS_ACTIVITIES)].sort_values(["request_id", "actor", "start_ms"])
-    nxt = p.groupby(["request_id", "actor"])["start_ms"].shift(-1)
+    by = [c for c in ("strategy", "request_id", "actor") if c in timeline]  # simulated ids repeat across strategies
+    p = timeline[timeline["activity"].isin(PASS_ACTIVITIES)].sort_values(by + ["start_ms"])
+    nxt = p.groupby(by)["start_ms"].shift(-1)
     gaps = p.assign(activity="loop_gap", start_ms=p["end_ms"], end_ms=nxt, duration_ms=nxt - p["end_ms"])
     return pd.concat([timeline, gaps.dropna(subset=["duration_ms"])], ignore_index=True)
 
