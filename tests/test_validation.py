@@ -193,6 +193,18 @@ def test_residuals_compare_pass_spans_without_the_loop_gap():
     assert res.loc[("target", "decode_step"), "measured_ms_per_request"] == 60.0
 
 
+def test_loop_gaps_never_pair_passes_of_two_strategies():
+    """Simulated request ids repeat across strategies (one id space per cell): a gap is taken
+    between two passes of the same strategy, request and actor only."""
+    from egpt_sim.analysis.validation import loop_gap_rows
+
+    tl = pd.DataFrame({"strategy": ["a", "a", "b", "b"], "request_id": "r0", "actor": "target",
+                       "activity": "decode_step", "start_ms": [0.0, 10.0, 3.0, 13.0], "end_ms": [8.0, 18.0, 11.0, 21.0]})
+    gaps = loop_gap_rows(tl.assign(duration_ms=tl["end_ms"] - tl["start_ms"]))
+    got = gaps[gaps["activity"] == "loop_gap"]
+    assert sorted(got["strategy"]) == ["a", "b"] and (got["duration_ms"] == 2.0).all()
+
+
 def test_simulated_speedup_is_estimated_as_the_measured_one_is():
     """Measured: one target_only and one strategy request per sample, independent noise (log-sd
     0.2), so the mean of their ratio is exp(0.2^2) = 1.041, not 1. The simulator's same-draws ratio
