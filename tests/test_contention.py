@@ -307,3 +307,41 @@ def test_activity_names_map_in_one_place():
     assert measured_stage("draft_step") == "decode_step"
     for s in ("vision_encode", "prefill", "decode_step", "verify"):
         assert measured_stage(s) == s
+
+
+def test_pass_host_gap_runs_at_rate_1_and_slows_the_peer_hand_computed():
+    """A pass's serving-loop host gap runs off the GPU at rate 1, and the peer sees it as the
+    pass (rules.pass_phases_ms: factors are fitted on peers looping with their host time).
+    Factor 2 both ways; target pass 11 ms (1 ms gap + 10 ms GPU), the drafter drafting back to
+    back 5 ms steps (1 ms gap + 4 ms GPU). By hand: both gaps to 1 ms; both on the GPU at 1/2
+    until the draft step ends at 9 ms (target: 6 ms of work left); the drafter's gap, target
+    at 1/2: 5.5 left at 10; both at 1/2 until the next step ends at 18 (1.5 left); the drafter's
+    gap: 1.0 left at 19; the third step beside it: the pass ends at 21 ms = 1 + 2 x 10 (the
+    closed form of a pass beside a peer that never stops). The third step ran 1 ms of work
+    at 1/2 by then and ends alone at 24. The gap as contended GPU work would end the pass at
+    2 x 11 = 22 ms; a gap invisible to the peer at 19 ms."""
+    import types
+
+    import simpy
+
+    from egpt_sim.sim.gpu import Gpu
+    from egpt_sim.sim.processes import pass_stage
+    from egpt_sim.traces.contention import uniform_model
+
+    env = simpy.Environment()
+    gpu = Gpu(env, 0, uniform_model(2.0, "gpu", "test: every factor 2", "test"))
+    ends: dict[str, list[float]] = {"target": [], "drafter": []}
+    ctx = types.SimpleNamespace(env=env, gpu_of=lambda role: gpu,
+                                draws=types.SimpleNamespace(pass_gap_ms=lambda role: 1.0),
+                                record=lambda role, activity, start, end, g, tokens=0: ends[role].append(end))
+
+    def drafter():
+        for _ in range(3):
+            yield from pass_stage(ctx, "drafter", "draft_step", 5.0, tokens=1)
+
+    env.process(pass_stage(ctx, "target", "decode_step", 11.0, tokens=1))
+    env.process(drafter())
+    env.run()
+    assert ends["target"] == pytest.approx([21.0])
+    assert ends["drafter"] == pytest.approx([9.0, 18.0, 24.0])
+    assert gpu.busy_ms == pytest.approx(24.0 - 1.0)  # idle only while both are in their gaps (0-1 ms)

@@ -44,6 +44,7 @@ GRID = {
     "acceptance": ACCEPTANCE,
     "contention_scale": (0.0, 1.0, 2.0),
     "drafter_speed": (0.5, 1.0, 3.0),
+    "pass_gap_ms": (None, 0.0, 0.4, 5.0),  # host phase before each pass (rules.pass_phases_ms)
 }
 
 

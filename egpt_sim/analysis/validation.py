@@ -24,7 +24,7 @@ from scipy import stats
 
 from ..sim.config import SimConfig
 from ..fast import simulate_fast
-from ..sim.runner import draw_bank, pass_gaps_ms, simulate
+from ..sim.runner import draw_bank, simulate
 from ..traces.harness import factor_summary, without_loop_gaps
 from ..traces.schema import PASS_ACTIVITIES, TraceError
 from ..traces.traceset import TraceSet
@@ -343,15 +343,13 @@ def loop_gap_rows(timeline: pd.DataFrame) -> pd.DataFrame:
 def predict_cell_timeline(cell: pd.DataFrame, ts: TraceSet, n_predicted: int, seed: int, **config) -> pd.DataFrame:
     """Simulated activity timeline (with a ``strategy`` column) of every simulated request of one
     executor cell, the same scenarios as :func:`predict_cell` (pooled acceptance). A pass span
-    starts after the simulated host gap the model charges before it (``pass_gap_ms``), so it
-    holds what an executor span holds; the gap is left between spans."""
+    holds its GPU work only, as an executor span does: the simulated host gap before it
+    (``pass_gap_ms``, :func:`egpt_sim.sim.rules.pass_phases_ms`) lies between spans."""
     first = cell.iloc[0]
     key = f"{first['sigma']}-{first['output_tokens']}-{first['n_gpus']}"
     parts = []
     for cfg in _cell_configs(cell, ts, n_predicted, seed, **config):
         tl = simulate(cfg, ts, bank=draw_bank(cfg, ts), timeline=True, n_timeline_requests=cfg.n_requests).timeline
-        gap = tl["actor"].map(pass_gaps_ms(cfg, ts)).fillna(0.0).where(tl["activity"].isin(PASS_ACTIVITIES), 0.0)
-        tl = tl.assign(start_ms=np.minimum(tl["start_ms"] + gap, tl["end_ms"]))
         parts.append(tl.assign(request_id=f"{key}-b{cfg.window_budget}-" + tl["request_id"].astype(str)))
     return pd.concat(parts, ignore_index=True).assign(strategy=first["strategy"])
 

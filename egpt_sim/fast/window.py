@@ -4,8 +4,10 @@ strategies whose drafter drafts while the target prefills (SimPy:
 
 Every request of a :class:`~egpt_sim.fast.batch._Batch` is one row of the arrays of a
 :class:`_Window`. A request holds at most one target and one drafter activity: a program
-counter, the alone-time work left (ms) and whether it is on the GPU. :func:`_window_engine`
-runs two phases:
+counter, the alone-time work left (ms) and whether it is on the GPU. A pass (target decode
+step / verify, drafter draft step) with a serving-loop host gap runs it first, off the GPU
+at rate 1 but seen by the peer as the pass, then its GPU work (``thost`` / ``dhost``,
+:func:`egpt_sim.sim.rules.pass_phases_ms`), where the roles share a contention domain. :func:`_window_engine` runs two phases:
 
 1. :meth:`_Window.run_events` — a lock-step event loop over both prefill phases and the
    window. Each iteration advances every request to *its own* next completion
@@ -17,7 +19,8 @@ runs two phases:
    nothing re-syncs, so the drafter's step in flight and the further steps it may take run
    back to back at the contended rate while the target runs
    (:meth:`~_Window.drafter_steps_during_pass`, prefix sums of their works); then the pass
-   ends (:meth:`~_Window.end_pass`) and the step in flight carries over.
+   ends (:meth:`~_Window.end_pass`) and the step in flight carries over. Batches with host
+   phases stay in phase 1 (their rates alternate within a pass).
 
 prefill_then_verify / adaptive_budget requests whose drafter has exited and whose target is
 in a decode step finish with a closed sum (:meth:`~_Window.finish_decoding`). The rules —
@@ -54,6 +57,7 @@ class _Window:
         "committed", "dpos", "run_end", "runs_used", "generation", "step_gen", "stopped", "tpref",
         "dsteps", "tpasses", "drafted", "wasted", "window_drafts", "accepted", "window_acc", "verify_passes",
         "tpe", "dpe", "n_done", "n_parked", "parked_tw", "parked_dw",
+        "gap_t", "gap_d", "host_phases", "thost", "dhost", "tpend", "dpend",
     )
 
     def __init__(self, b: _Batch):
@@ -68,6 +72,11 @@ class _Window:
         self.serial = np.array([ln.mode == "serial" for ln in b.lanes])[b.sid]
         self.rt_pair, self.rd_pair = b.rt_pair, b.rd_pair
         self.vtab = b.vtab
+        # a pass's host gap runs before its GPU work (rules.pass_phases_ms); it matters only where
+        # the roles can slow each other: elsewhere the pass runs at rate 1 as one piece
+        gaps = b.bank.pass_gap_ms if self.shared else {}
+        self.gap_t, self.gap_d = float(gaps.get("target", 0.0)), float(gaps.get("drafter", 0.0))
+        self.host_phases = self.gap_t > 0 or self.gap_d > 0
         self.td = b.bc.stream("target_decode", max(b.Nmax - 1, 1))
         self.rt = b.runs(b.Nmax + 2)
         self.dd, self.dd_width, self.dd_lo = None, 0, 0.0
@@ -101,6 +110,9 @@ class _Window:
                      "verify_passes"):
             setattr(self, name, np.zeros(R, **i64))
         self.tpe, self.dpe = np.full(R, np.nan), np.full(R, np.nan)
+        # in a pass's host phase (off the GPU), and the GPU work that follows it
+        self.thost, self.dhost = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
+        self.tpend, self.dpend = np.zeros(R), np.zeros(R)
         self.n_done = self.n_parked = 0
         self.parked_tw, self.parked_dw = np.zeros(R), np.full(R, np.inf)
 
@@ -153,13 +165,34 @@ class _Window:
         return rules.verify_size(self.dpos[idx], self.committed[idx], limit, self.Nr[idx])
 
     def start_pass(self, idx: np.ndarray, k: np.ndarray) -> None:
-        """The next target pass: a decode step (k = 0) or a verify pass over k drafts."""
+        """The next target pass: a decode step (k = 0) or a verify pass over k drafts, host
+        phase first (:meth:`pass_phases`)."""
         j = self.tpasses[idx]
-        self.tw[idx] = np.where(k > 0, self.vtab[idx, k], self.td[self.req[idx], j])
+        total = np.where(k > 0, self.vtab[idx, k], self.td[self.req[idx], j])
+        self.tw[idx], self.tpend[idx], self.thost[idx] = self.pass_phases(total, self.gap_t)
         self.tpasses[idx] = j + 1
-        self.tgpu[idx] = True
+        self.tgpu[idx] = ~self.thost[idx]
         self.tpc[idx] = _T_PASS
         self.kcur[idx] = k
+
+    @staticmethod
+    def pass_phases(total_ms: np.ndarray, gap_ms: float):
+        """(work now, GPU work pending, in host phase) of passes of alone time ``total_ms``:
+        the host gap first when there is one (:func:`rules.pass_phases_ms`), else the GPU work."""
+        if gap_ms <= 0:
+            return total_ms, 0.0, False
+        host, gpu = rules.pass_phases_ms(total_ms, gap_ms)
+        h = host > 0
+        return np.where(h, host, gpu), np.where(h, gpu, 0.0), h
+
+    def end_host_phase(self, idx: np.ndarray, role: str) -> None:
+        """Requests ``idx``: ``role``'s pass leaves its host phase and starts its GPU work."""
+        work, pend, host, gpu = ((self.tw, self.tpend, self.thost, self.tgpu) if role == "target" else
+                                 (self.dw, self.dpend, self.dhost, self.dgpu))
+        work[idx] = pend[idx]
+        pend[idx] = 0.0
+        host[idx] = False
+        gpu[idx] = True
 
     def finish(self, idx: np.ndarray) -> None:
         """Requests ``idx`` emitted every token now."""
@@ -170,6 +203,8 @@ class _Window:
         self.dw[idx] = np.inf
         self.dgpu[idx] = False
         self.tgpu[idx] = False
+        self.thost[idx] = self.dhost[idx] = False
+        self.tpend[idx] = self.dpend[idx] = 0.0
 
     def drafter_next(self, idx: np.ndarray) -> None:
         """The drafter loop's decision after a completion or a wake-up: draft, wait or exit."""
@@ -180,16 +215,18 @@ class _Window:
         g = idx[go]
         if g.size:
             i = self.dsteps[g]
-            self.dw[g] = self.drafter_stream(int(i.max()) + 1)[self.req[g], i]
+            total = self.drafter_stream(int(i.max()) + 1)[self.req[g], i]
+            self.dw[g], self.dpend[g], self.dhost[g] = self.pass_phases(total, self.gap_d)
             self.dsteps[g] = i + 1
             self.step_gen[g] = self.generation[g]
             self.dpc[g] = _D_STEP
-            self.dgpu[g] = True
+            self.dgpu[g] = ~self.dhost[g]
         rest = idx[~go]
         if rest.size:
             self.dpc[rest] = np.where(ex[~go], _D_EXIT, _D_IDLE)
             self.dw[rest] = np.inf
             self.dgpu[rest] = False
+            self.dhost[rest] = False
 
     def wake(self, idx: np.ndarray) -> None:
         """Waiting drafters of ``idx`` decide again (the committed prefix changed)."""
@@ -228,7 +265,7 @@ class _Window:
             j0 = self.tpasses[f]
             ct = self.bc.csum("target_decode", int((j0 + rem).max()))
             ri = self.req[f]
-            end = self.now[f] + self.tw[f]  # drafter gone: the current step runs at rate 1
+            end = self.now[f] + self.tw[f] + self.tpend[f]  # drafter gone: the current step runs at rate 1
             self.now[f] = end + (ct[ri, j0 + rem] - ct[ri, j0])
             self.tpasses[f] = j0 + rem
             self.committed[f] = self.Nr[f]
@@ -249,7 +286,7 @@ class _Window:
                 self.on_drafter_completions(de)
             if not self.keep_drafting:
                 self.n_done += self.finish_decoding()
-            if aggregate:
+            if aggregate and not self.host_phases:  # phase 2 runs passes without host phases
                 self.park()
 
     def advance_to_next_completion(self, one: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -257,9 +294,12 @@ class _Window:
         both roles are on it); returns the requests whose target / drafter activity ended."""
         if self.shared:
             rt_, rd_ = one.copy(), one.copy()
-            bi = np.flatnonzero(self.running(self.tgpu, self.tpc, self.tw) & self.running(self.dgpu, self.dpc, self.dw))
+            bi = np.flatnonzero(self.running(self.tgpu | self.thost, self.tpc, self.tw)
+                                & self.running(self.dgpu | self.dhost, self.dpc, self.dw))
             if bi.size:
                 rt_[bi], rd_[bi] = self.rates(bi)
+                if self.host_phases:  # a host phase runs at rate 1; its peer sees the pass
+                    rt_[self.thost], rd_[self.dhost] = 1.0, 1.0
             ttime = self.tw / rt_
             dtime = self.dw / rd_
         else:
@@ -287,14 +327,16 @@ class _Window:
         on_gpu[a] = gpu
 
     def on_target_completions(self, te: np.ndarray) -> None:
-        pc = self.tpc[te]
+        pc, h = self.tpc[te], self.thost[te]  # before any handler starts a new pass
         m = pc < 3
         if m.any():
             self._next_prefill_stage(te[m], pc[m], "target")
         m = pc == 3
         if m.any():
             self.target_prefill_end(te[m])
-        m = pc == _T_PASS
+        if h.any():  # a pass's host phase ends: its GPU work starts
+            self.end_host_phase(te[h], "target")
+        m = (pc == _T_PASS) & ~h
         if m.any():
             self.n_done += self.end_pass(te[m])
 
@@ -322,8 +364,10 @@ class _Window:
             self.wake(a)
 
     def on_drafter_completions(self, de: np.ndarray) -> None:
-        pc = self.dpc[de]
-        m = pc == _D_STEP
+        pc, h = self.dpc[de], self.dhost[de]  # before any handler starts a new step
+        if h.any():
+            self.end_host_phase(de[h], "drafter")
+        m = (pc == _D_STEP) & ~h
         if m.any():  # a draft step ends: a draft, unless a re-sync made it stale
             c = de[m]
             same = self.step_gen[c] == self.generation[c]

@@ -53,8 +53,10 @@ class DrawBank:
 
     def __init__(self, traces: TraceSet, seed: int, n_requests: int, drafter_speed: float = 1.0,
                  include_cpu_stages: bool = True, pass_gap_ms: dict[str, float] | None = None):
-        """``pass_gap_ms``: role -> host time (ms) added to each of its decode steps and verify
-        passes (the serving loop's gap between passes; not scaled by ``drafter_speed``)."""
+        """``pass_gap_ms``: role -> host time (ms) added to each of its decode steps, verify
+        passes and draft steps (the serving loop's gap between passes; not scaled by
+        ``drafter_speed``). A pass's draw is its alone time, gap included; the engines run the
+        gap as a host phase before the GPU work (:func:`egpt_sim.sim.rules.pass_phases_ms`)."""
         traces.check_simulatable()
         self.pass_gap_ms = {role: float((pass_gap_ms or {}).get(role, 0.0)) for role in _ROLES}
         self.scenario_key = getattr(traces, "scenario_key", None)  # what-if shape (None = as recorded)
@@ -166,6 +168,10 @@ class RequestDraws:
         if k == 0:
             return self._get("target_decode", j)
         return float(self.bank.verify_table(k)[self.request_id, k])
+
+    def pass_gap_ms(self, role: str) -> float:
+        """Host gap (ms) that each of ``role``'s pass draws includes."""
+        return self.bank.pass_gap_ms[role]
 
     def acceptance_u(self, n: int) -> float:
         return self._get("acceptance_u", n)

@@ -31,18 +31,21 @@ class _Activity:
     stage: str  # measured stage name (egpt_sim.traces.contention.measured_stage)
     remaining_ms: float
     gpu: "Gpu"
+    host: bool = False  # a pass's host phase: runs at rate 1, off the GPU; the peer sees its pass
     rate: float = 1.0
     changed: simpy.Event | None = field(default=None, repr=False)
 
     @property
     def on_gpu(self) -> bool:
-        """False for a CPU stage: it is in the domain only so that the peer's GPU stages see it."""
-        return self.stage not in CPU_STAGES
+        """False for a CPU stage or a host phase: in the domain only so that the peer sees it."""
+        return not self.host and self.stage not in CPU_STAGES
 
 
 def contended_rate(contention: ContentionModel, act, active) -> float:
     """Rate of ``act`` among ``active`` activities (:func:`egpt_sim.sim.rules.contended_rate`
-    over the other role's running activities)."""
+    over the other role's running activities; 1 for a pass's host phase)."""
+    if act.host:
+        return 1.0
     return rules.contended_rate(contention, act.role, act.stage, [b.stage for b in active if b.role != act.role])
 
 
@@ -78,13 +81,15 @@ class Gpu:
     def _active(self) -> list[_Activity]:
         return self.domain.active
 
-    def execute(self, role: str, stage: str, work_ms: float):
+    def execute(self, role: str, stage: str, work_ms: float, host: bool = False):
         """Run ``work_ms`` of alone-time work of ``role``/``stage``; returns elapsed ms. A CPU
-        stage (load, preprocess) runs here too, at rate 1, so the peer's GPU stages see it."""
+        stage (load, preprocess) runs here too, at rate 1, so the peer's GPU stages see it;
+        ``host``: the host phase of pass ``stage``, at rate 1, seen by the peer as that pass
+        (:func:`egpt_sim.sim.rules.pass_phases_ms`)."""
         env = self.env
         start = env.now
         self._advance()
-        act = _Activity(role, stage, float(work_ms), self)
+        act = _Activity(role, stage, float(work_ms), self, host)
         self._active.append(act)
         self._rerate()
         while act.remaining_ms > rules.EPS_MS:

@@ -1,8 +1,9 @@
 """SimPy activities of one request: small generators named after what they model.
 
 Covers: ``target_prefill``, ``drafter_prefill``, ``draft_step``, ``target_pass``
-(a decode step when k = 0, a ``verify_pass`` of k drafts otherwise) and the
-``drafter`` loop, sharing one :class:`RequestState`.
+(a decode step when k = 0, a ``verify_pass`` of k drafts otherwise; each a ``pass_stage``:
+the serving loop's host gap, then GPU work) and the ``drafter`` loop, sharing one
+:class:`RequestState`.
 
 Token bookkeeping (positions 1..N of the answer):
 
@@ -136,6 +137,17 @@ def stage(ctx: RequestContext, role: str, name: str, work_ms: float, tokens: int
     ctx.record(role, name, start, env.now, -1 if name in CPU_STAGES else gpu.index, tokens)
 
 
+def pass_stage(ctx: RequestContext, role: str, name: str, pass_ms: float, tokens: int):
+    """A decode step, verify pass or draft step of alone time ``pass_ms``: the serving loop's
+    host gap first (rate 1, this role's GPU idle, the peer slowed as by the pass), then the
+    GPU work at the contended rate (:func:`rules.pass_phases_ms`). The recorded span is the
+    GPU part."""
+    host_ms, gpu_ms = rules.pass_phases_ms(pass_ms, ctx.draws.pass_gap_ms(role))
+    if host_ms > 0:
+        yield from ctx.gpu_of(role).execute(role, measured_stage(name), host_ms, host=True)
+    yield from stage(ctx, role, name, gpu_ms, tokens)
+
+
 def cpu_lane_wait(ctx: RequestContext, role: str):
     """The target's CPU stages wait for the drafter's (one CPU lane, drafter first: the
     wait is :func:`rules.cpu_stages_ms` of the drafter's phase)."""
@@ -187,7 +199,7 @@ def draft_step(ctx: RequestContext):
     gen = s.generation
     ms = ctx.draws.decode_ms("drafter", s.drafter_steps)
     s.drafter_steps += 1
-    yield from stage(ctx, "drafter", "draft_step", ms, tokens=1)
+    yield from pass_stage(ctx, "drafter", "draft_step", ms, tokens=1)
     if gen == s.generation:
         s.drafter_pos += 1
         s.drafted += 1
@@ -200,7 +212,7 @@ def target_pass(ctx: RequestContext, k: int):
     s = ctx.state
     ms = ctx.draws.target_pass_ms(s.target_passes, k)
     s.target_passes += 1
-    yield from stage(ctx, "target", "verify" if k else "decode_step", ms, tokens=k + 1 if k else 1)
+    yield from pass_stage(ctx, "target", "verify" if k else "decode_step", ms, tokens=k + 1 if k else 1)
     first_pass_verify = k > 0 and s.target_passes == 1
     s.verify_passes += k > 0
     L = ctx.commit(k)

@@ -20,6 +20,15 @@ element-wise numpy operations, so the two get the same answer by construction
   on an ``overlap`` lane both start at once, as the executor runs them, each CPU stage
   taking its alone time x its measured factor (:func:`lane_phase_ms`). Each role's GPU
   stages start as soon as its own CPU stages end. CPU stages never contend on the GPU.
+* **Host phase of a pass** — a decode step, verify pass or draft step of alone time ``t``
+  (:class:`egpt_sim.sim.draws.DrawBank`: GPU work + the serving loop's host gap ``g``) runs
+  ``g`` on the host first — at rate 1, its GPU idle meanwhile — then ``t - g`` of GPU work
+  at the contended rate (:func:`pass_phases_ms`). The peer sees the host phase as the pass
+  itself: contention factors are fitted on a peer looping with its own host time, so its
+  gap is part of what slows the other role, not a relief from it. Per contended target
+  cycle beside a busy drafter: f x 7.26 + 0.39 = 15.71 ms (f = 2.11) vs 15.65-15.75 ms
+  measured; the gap as contended GPU work gave 2.11 x (7.26 + 0.39) = 16.14 ms, the gap
+  invisible to the peer (it relieved the target during each drafter gap) 15.32 ms.
 * **Commit / re-sync** — after each synchronisation at position ``c`` the acceptance
   source draws a run length R (``run_end = c + R``). A target pass over k drafts accepts
   ``L = min(run_end - committed, k)`` and commits L + 1 tokens (never past N); the drafter
@@ -127,6 +136,14 @@ def cpu_stages_ms(phase_ms):
     """How long a role's CPU stages hold the CPU lane (load + preprocess of a prefill phase,
     ``phase_ms[..., :2]``, ms): for the drafter, how long the target's CPU stages wait."""
     return phase_ms[..., 0] + phase_ms[..., 1]
+
+
+def pass_phases_ms(pass_ms, gap_ms):
+    """(host ms, GPU work ms) of a pass whose alone time ``pass_ms`` includes the serving
+    loop's host gap ``gap_ms`` (never more host time than the pass has)."""
+    lo, _ = _ops(pass_ms, gap_ms)
+    host = lo(gap_ms, pass_ms)
+    return host, pass_ms - host
 
 
 # --------------------------------------------------------------------------- tokens

@@ -36,7 +36,7 @@ from .processes import (
     target_prefill,
     verify_budget,
     prefill_phase,
-    stage,
+    pass_stage,
 )
 
 StrategyFn = Callable[[RequestContext], object]
@@ -76,7 +76,7 @@ def drafter_only(ctx: RequestContext):
     yield from prefill_phase(ctx, "drafter")
     s.ttft_ms = s.drafter_prefill_end_ms = ctx.env.now
     for i in range(ctx.cfg.output_tokens - 1):
-        yield from stage(ctx, "drafter", "decode_step", ctx.draws.decode_ms("drafter", i), tokens=1)
+        yield from pass_stage(ctx, "drafter", "decode_step", ctx.draws.decode_ms("drafter", i), tokens=1)
     s.committed = ctx.cfg.output_tokens
 
 
