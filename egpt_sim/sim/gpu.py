@@ -10,7 +10,9 @@ other role runs in the same domain, an activity progresses at rate
 :func:`egpt_sim.sim.rules.contended_rate` (1 / the contention factor of the peer's stage,
 :mod:`egpt_sim.traces.contention`; with several peers, the largest); with no peer at rate 1. Whenever an activity starts
 or ends, the remaining work of every running activity is updated and its completion
-re-scheduled. A domain whose factors are all 1 (two GPUs, processes or host contention
+re-scheduled. A pass's host phase (the serving loop's gap, :func:`egpt_sim.sim.rules.pass_phases_ms`)
+is an activity of the domain too: it runs at rate 1, off the GPU, and the peer sees it as the
+pass. A domain whose factors are all 1 (two GPUs, processes or host contention
 assumed away) is exactly "every activity at its alone speed".
 """
 
