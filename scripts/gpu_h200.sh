@@ -4,7 +4,9 @@
 #   run(command="bash scripts/gpu_h200.sh stages frames", carry=[".whl"], kind="nvidia-h200-x2", timeout_s=600)
 #
 # Jobs (each a separate Python process with its own time limit; a failing job never hides the
-# others; each packs its folder into $OUT/<job>.tar.gz and appends to $OUT/log_<job>.txt):
+# others; each packs its folder into $OUT/<job>.tar.gz and appends to $OUT/log_<job>.txt; where
+# nvidia-smi exists, the folder gets gpu_monitor.csv: SM/memory clocks, temperature, power,
+# and utilisation once a second over the job):
 #   stages      graphs + eager stage sets: alone, shared_gpu and separate_gpu (cuda:1), threads (streams)
 #               and processes, interleaved per sample                    -> h200/{graphs,eager}-fp16
 #   frames      graphs, target alone, 1..32 frames                       -> h200/graphs-frames
@@ -47,11 +49,17 @@ mkdir -p "$WORK/ds"
 
 job() {  # job NAME LIMIT_S COMMAND... : run with a hard limit, log, pack $WORK/NAME
   local name=$1 limit=$2; shift 2
-  local log="$DEST/log_$name.txt"; local t0=$SECONDS
+  local log="$DEST/log_$name.txt"; local t0=$SECONDS mon=""
   echo "== $name (limit ${limit}s) $(date -u +%H:%M:%S)" | tee -a "$log"
+  if command -v nvidia-smi >/dev/null 2>&1; then  # clocks, temperature, power once a second (UTC timestamps)
+    nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu \
+      --format=csv -lms 1000 > "$WORK/$name.gpu_monitor.csv" 2>/dev/null & mon=$!
+  fi
   timeout --signal=KILL "$limit" "$@" >> "$log" 2>&1; local rc=$?
+  [ -n "$mon" ] && kill "$mon" 2>/dev/null
   echo "== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$log"
   tail -n 25 "$log"
+  [ -d "$WORK/$name" ] && [ -f "$WORK/$name.gpu_monitor.csv" ] && cp "$WORK/$name.gpu_monitor.csv" "$WORK/$name/gpu_monitor.csv"
   [ -d "$WORK/$name" ] && tar czf "$DEST/$name.tar.gz" -C "$WORK" "$name"
   return 0
 }
