@@ -133,3 +133,22 @@ def test_fixed_budget_past_the_output_is_the_executors_window(example_traces):
     pd.testing.assert_frame_equal(ab[cols], ptv[cols])
     assert ab["window_drafts"].max() == 5
     pd.testing.assert_frame_equal(simulate_fast(cfg, example_traces).requests, ab, check_exact=False, rtol=0, atol=1e-9)
+
+
+def test_planner_prices_passes_with_the_serving_loop_gap(example_traces):
+    """planning_inputs sees each pass as the draws do: alone time + the host gap (pass_gap_ms)."""
+    from egpt_sim.fast.cache import _source
+    from egpt_sim.sim.budget import planning_inputs
+    from egpt_sim.sim.rules import contention_for
+
+    def plan(gap):
+        cfg = E.SimConfig(strategy="adaptive_budget", output_tokens=20, gamma=8, pass_gap_ms=gap)
+        return planning_inputs(cfg, example_traces, _source(cfg, example_traces), contention_for(cfg, example_traces))
+
+    p0, p1 = plan(0.0), plan(0.5)
+    for s0, s1 in zip(p0["samples"], p1["samples"]):
+        assert s1["target_decode_ms"] - s0["target_decode_ms"] == pytest.approx(0.5)
+        assert s1["drafter_step_ms"] - s0["drafter_step_ms"] == pytest.approx(0.5)
+        np.testing.assert_allclose(np.asarray(s1["verify_ms"]) - np.asarray(s0["verify_ms"]), 0.5)
+        assert s1["target_prefill_ms"] == s0["target_prefill_ms"]
+    assert p1["expected_latency_ms"][0] > p0["expected_latency_ms"][0]  # 19 gaps more for b = 0

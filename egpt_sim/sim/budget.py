@@ -16,15 +16,19 @@ from ..traces.contention import ContentionModel
 from ..traces.traceset import PREFILL_PHASE_STAGES, TraceSet
 from . import rules
 from .config import SimConfig
+from .draws import pass_gaps_ms
 
 
 def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: ContentionModel) -> dict:
     """What a real scheduler could know before a request starts — the recorded samples'
     stage times (CPU, vision, prefill of both roles paired as the draws pair them, mean
-    decode step, verify curve), the acceptance survival P(R0 >= i), the contention
-    factors — and adaptive_budget's window budget, the same for every request
+    decode step, verify curve; passes with the serving loop's host gap, as the draws have
+    them, the gap charged like the pass: an approximation of the engines' host phase), the
+    acceptance survival P(R0 >= i), the contention factors — and adaptive_budget's window budget, the same for every request
     (:func:`egpt_sim.sim.budget.window_budget_plan`)."""
     cpu = 1.0 if cfg.include_cpu_stages else 0.0
+    gap = pass_gaps_ms(cfg, traces)  # each pass's alone time includes the serving loop's host gap
+    gap_t, gap_d = gap.get("target", 0.0), gap.get("drafter", 0.0)
     lane = rules.cpu_lane_for(cfg, traces)
     mult = {r: lane.multipliers(r, PREFILL_PHASE_STAGES) for r in ("target", "drafter")}
     tabs = traces.sample_tables
@@ -34,7 +38,7 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
     d_mean = d.phase_ms.mean(axis=0)
     d_step = np.nanmean(d.decode_ms, axis=1)
     t_step = np.nanmean(t.decode_ms, axis=1)
-    vcurve = t.verify_curves(cfg.gamma, (gam, vmed))
+    vcurve = t.verify_curves(cfg.gamma, (gam, vmed)) + gap_t
     samples = []
     for i, key in enumerate(t.keys):
         j = where.get(key, -1)
@@ -50,7 +54,7 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
             "drafter_load_ms": float(dl[0]) * cpu, "drafter_preprocess_ms": float(dl[1]) * cpu,
             "drafter_vision_ms": float(dp[2]) / cfg.drafter_speed,
             "drafter_prefill_ms": float(dp[3]) / cfg.drafter_speed,
-            "drafter_step_ms": float(ds) / cfg.drafter_speed, "target_decode_ms": float(ts),
+            "drafter_step_ms": float(ds) / cfg.drafter_speed + gap_d, "target_decode_ms": float(ts) + gap_t,
             "verify_ms": vcurve[i],
         })
     plan = {"samples": samples, "p_run_at_least": source.survival(cfg.gamma + 1),

@@ -48,6 +48,13 @@ _STREAMS = ("target_decode", "drafter_decode", "acceptance_u")
 _ROLES = ("target", "drafter")
 
 
+def pass_gaps_ms(cfg, traces: TraceSet) -> dict[str, float]:
+    """role -> host gap (ms) before each pass: ``cfg.pass_gap_ms`` for both roles, else the trace set's."""
+    if cfg.pass_gap_ms is not None:
+        return {"target": float(cfg.pass_gap_ms), "drafter": float(cfg.pass_gap_ms)}
+    return dict(getattr(traces, "pass_gap_ms", {}) or {})
+
+
 class DrawBank:
     """All random quantities of ``n_requests`` requests (times in ms)."""
 

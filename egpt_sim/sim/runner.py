@@ -28,7 +28,7 @@ from ..whatif.shapes import scenario_traces, time_source_of
 from . import strategies
 from .budget import planning_inputs
 from .config import SimConfig
-from .draws import DrawBank, RequestDraws
+from .draws import DrawBank, RequestDraws, pass_gaps_ms
 from .gpu import Gpu
 from .processes import RequestContext
 from .rules import contention_for, cpu_lane_for
@@ -148,13 +148,6 @@ def draw_bank(cfg: SimConfig, traces: TraceSet) -> DrawBank:
     """The draws of ``cfg``'s requests on the trace set it simulates (its what-if shape)."""
     return DrawBank(scenario_traces(cfg, traces), cfg.seed, cfg.n_requests, cfg.drafter_speed, cfg.include_cpu_stages,
                     pass_gaps_ms(cfg, traces))  # the serving loop's gaps do not depend on the what-if shape
-
-
-def pass_gaps_ms(cfg: SimConfig, traces: TraceSet) -> dict[str, float]:
-    """role -> host gap (ms) before each pass: ``cfg.pass_gap_ms`` for both roles, else the trace set's."""
-    if cfg.pass_gap_ms is not None:
-        return {"target": float(cfg.pass_gap_ms), "drafter": float(cfg.pass_gap_ms)}
-    return dict(getattr(traces, "pass_gap_ms", {}) or {})
 
 
 def check_bank_scenario(bank: DrawBank, traces: TraceSet) -> None:
