@@ -7,7 +7,8 @@ Every request of a :class:`~egpt_sim.fast.batch._Batch` is one row of the arrays
 counter, the alone-time work left (ms) and whether it is on the GPU. A pass (target decode
 step / verify, drafter draft step) with a serving-loop host gap runs it first, off the GPU
 at rate 1 but seen by the peer as the pass, then its GPU work (``thost`` / ``dhost``,
-:func:`egpt_sim.sim.rules.pass_phases_ms`), where the roles share a contention domain. :func:`_window_engine` runs two phases:
+:func:`egpt_sim.sim.rules.pass_phases_ms`), where the roles share a contention domain.
+:func:`_window_engine` runs two phases:
 
 1. :meth:`_Window.run_events` — a lock-step event loop over both prefill phases and the
    window. Each iteration advances every request to *its own* next completion
