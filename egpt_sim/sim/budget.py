@@ -24,8 +24,8 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
     stage times (CPU, vision, prefill of both roles paired as the draws pair them, mean
     decode step, verify curve; passes with the serving loop's host gap, as the draws have
     them, the gap charged like the pass: an approximation of the engines' host phase), the
-    acceptance survival P(R0 >= i), the contention factors — and adaptive_budget's window budget, the same for every request
-    (:func:`egpt_sim.sim.budget.window_budget_plan`)."""
+    acceptance survival P(R0 >= i), the contention factors — and adaptive_budget's window
+    budget, the same for every request (:func:`egpt_sim.sim.budget.window_budget_plan`)."""
     cpu = 1.0 if cfg.include_cpu_stages else 0.0
     gap = pass_gaps_ms(cfg, traces)  # each pass's alone time includes the serving loop's host gap
     gap_t, gap_d = gap.get("target", 0.0), gap.get("drafter", 0.0)
