@@ -18,7 +18,8 @@
 #               untested); needs bitsandbytes carried in .whl/ (see the device README's wheel recipe)
 # Knobs (environment): N_STAGE (10), N_VAL (16), VAL_MIN (7.6: no new sample after it), FIRST (0: first
 # validation sample; a top-up call over later samples merges with measure.validation_run.merge), STAGE_PREFIX
-# (prefix of a top-up's stage run ids), VAL_STAGES (8 stage samples per placement and validation call: the
+# (prefix of a top-up's stage run ids), PRESET_VT (validation target, default PRESET_V: vicuna7b-clip224 is
+# Video-LLaVA's own 224 px, a 2072-token prompt, beside the 336 px drafter), VAL_STAGES (8 stage samples per placement and validation call: the
 # target's CPU preprocess is bimodal, ~40 or ~60 ms, and 4 samples misplaced its mean by up to 10 ms), PRESET_T
 # (vicuna7b-clip224 for stage sets), PRESET_V (vicuna7b-clip336 for validation), DEVICE (cuda:0),
 # DEVICE2 (cuda:1), DTYPE (fp16), LIMIT_<JOB> (seconds). CPU smoke test:
@@ -36,12 +37,12 @@ fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 [ -f .git_commit ] && export EGPT_GIT_COMMIT="$(cat .git_commit)"
 DEV="${DEVICE:-cuda:0}"; DEV2="${DEVICE2:-cuda:1}"; DT="${DTYPE:-fp16}"
-PT="random:${PRESET_T:-vicuna7b-clip224}"; PV="random:${PRESET_V:-vicuna7b-clip336}"
+PT="random:${PRESET_T:-vicuna7b-clip224}"; PV="random:${PRESET_V:-vicuna7b-clip336}"; VT="random:${PRESET_VT:-${PRESET_V:-vicuna7b-clip336}}"
 NS="${N_STAGE:-10}"; NV="${N_VAL:-16}"; VMIN="${VAL_MIN:-7.6}"
 if [ -n "${CPU_SMOKE:-}" ]; then
-  DEV=cpu; DEV2=cpu; DT=fp32; PT=random:tiny; PV=random:tiny; NS=2; NV=2; VMIN=5
+  DEV=cpu; DEV2=cpu; DT=fp32; PT=random:tiny; PV=random:tiny; VT=random:tiny; NS=2; NV=2; VMIN=5
 fi
-export DEV DEV2 DT PT PV NS NV VMIN WORK
+export DEV DEV2 DT PT PV VT NS NV VMIN WORK
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1 | head -4
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 mkdir -p "$WORK/ds"
@@ -79,7 +80,7 @@ stages() {  # one backend's stage set
 
 val() {  # val NAME BACKEND [DRAFTER_DEVICE]
   local name=$1 be=$2 dd=${3:-}
-  python3 -m measure.validation_run --out "$WORK/$name" --target "$PV" --drafter "$PV" --dataset "$WORK/ds" \
+  python3 -m measure.validation_run --out "$WORK/$name" --target "$VT" --drafter "$PV" --dataset "$WORK/ds" \
     --n-requests "$NV" --backend "$be" --device "$DEV" ${dd:+--drafter-device "$dd"} --dtype "$DT" \
     --stage-samples "${VAL_STAGES:-8}" --max-minutes "$VMIN" --first-sample "${FIRST:-0}" --stage-prefix "${STAGE_PREFIX:-}"
 }
