@@ -148,7 +148,27 @@ def test_planner_prices_passes_with_the_serving_loop_gap(example_traces):
     p0, p1 = plan(0.0), plan(0.5)
     for s0, s1 in zip(p0["samples"], p1["samples"]):
         assert s1["target_decode_ms"] - s0["target_decode_ms"] == pytest.approx(0.5)
-        assert s1["drafter_step_ms"] - s0["drafter_step_ms"] == pytest.approx(0.5)
+        assert s1["drafter_step_ms"] == s0["drafter_step_ms"] and s1["drafter_gap_ms"] == 0.5
         np.testing.assert_allclose(np.asarray(s1["verify_ms"]) - np.asarray(s0["verify_ms"]), 0.5)
         assert s1["target_prefill_ms"] == s0["target_prefill_ms"]
     assert p1["expected_latency_ms"][0] > p0["expected_latency_ms"][0]  # 19 gaps more for b = 0
+
+
+def test_planner_window_runs_a_draft_steps_gap_as_host_time_hand_computed():
+    """Factor 2 for every GPU pair; target prefill 10 ms, drafter prefill 2 ms, draft steps of
+    2 ms GPU work after a 1 ms host gap, b = 3. Drafter: prefill 4 ms wall (target +2), gap 1 ms
+    at rate 1 while the target, seeing a draft step, still runs at 1/2 (+0.5), step 4 ms (+2),
+    gap (+0.5), step (+2): 14 ms, the target 7 ms along, then 3 ms alone: prefill ends at 17 ms
+    with d1 + 2 drafts (the gap charged as contended work would end it at 18 ms)."""
+    from egpt_sim.sim.budget import expected_window
+
+    plan = {"factor": lambda role, stage, peer: 2.0, "target_wait_ms": 0.0, "target_lane_load_ms": 0.0,
+            "target_lane_preprocess_ms": 0.0, "target_vision_ms": 0.0, "target_prefill_ms": 10.0,
+            "drafter_load_ms": 0.0, "drafter_preprocess_ms": 0.0, "drafter_vision_ms": 0.0,
+            "drafter_prefill_ms": 2.0, "drafter_step_ms": 2.0, "drafter_gap_ms": 1.0}
+    end_ms, drafts, left_ms = expected_window(plan, 3)
+    assert end_ms == pytest.approx(17.0) and drafts == 3 and left_ms == 0.0
+    # b = 4: a third gap ends at 15 ms, the target 7.5 along. A 9 ms prefill ends at 18 ms, in
+    # the step's GPU work (1.5 of 2 done); a 7.25 ms one at 14.5 ms, in the gap (0.5 of 1 done)
+    assert expected_window(plan | {"target_prefill_ms": 9.0}, 4) == pytest.approx((18.0, 3, 0.5))
+    assert expected_window(plan | {"target_prefill_ms": 7.25}, 4) == pytest.approx((14.5, 3, 2.5))

@@ -22,9 +22,9 @@ from .draws import pass_gaps_ms
 def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: ContentionModel) -> dict:
     """What a real scheduler could know before a request starts — the recorded samples'
     stage times (CPU, vision, prefill of both roles paired as the draws pair them, mean
-    decode step, verify curve; passes with the serving loop's host gap, as the draws have
-    them, the gap charged like the pass: an approximation of the engines' host phase), the
-    acceptance survival P(R0 >= i), the contention factors — and adaptive_budget's window
+    decode step, verify curve; target passes with the serving loop's host gap added, the
+    drafter's step and its gap apart: the window replays the gap as the engines' host phase),
+    the acceptance survival P(R0 >= i), the contention factors — and adaptive_budget's window
     budget, the same for every request (:func:`egpt_sim.sim.budget.window_budget_plan`)."""
     cpu = 1.0 if cfg.include_cpu_stages else 0.0
     gap = pass_gaps_ms(cfg, traces)  # each pass's alone time includes the serving loop's host gap
@@ -54,7 +54,8 @@ def planning_inputs(cfg: SimConfig, traces: TraceSet, source, contention: Conten
             "drafter_load_ms": float(dl[0]) * cpu, "drafter_preprocess_ms": float(dl[1]) * cpu,
             "drafter_vision_ms": float(dp[2]) / cfg.drafter_speed,
             "drafter_prefill_ms": float(dp[3]) / cfg.drafter_speed,
-            "drafter_step_ms": float(ds) / cfg.drafter_speed + gap_d, "target_decode_ms": float(ts) + gap_t,
+            "drafter_step_ms": float(ds) / cfg.drafter_speed, "drafter_gap_ms": gap_d,
+            "target_decode_ms": float(ts) + gap_t,
             "verify_ms": vcurve[i],
         })
     plan = {"samples": samples, "p_run_at_least": source.survival(cfg.gamma + 1),
@@ -82,35 +83,47 @@ def expected_window(plan: dict, b: int) -> tuple[float, int, float]:
 
     A fluid replay of the two prefill phases and ``b - 1`` draft steps (CPU lane of the plan,
     contention factors of ``plan["factor"]``: a CPU stage runs at 1 and slows the peer's GPU
-    stage by its host factor, as :func:`egpt_sim.sim.rules.contended_rate` says). Returns
-    (target prefill end ms, drafts held then incl. d1, work ms left of the drafter's step in
-    flight then).
+    stage by its host factor, as :func:`egpt_sim.sim.rules.contended_rate` says; a draft step's
+    host gap runs at 1 and the target sees it as the step, as in
+    :func:`egpt_sim.sim.rules.pass_phases_ms`). Returns (target prefill end ms, drafts held then
+    incl. d1, alone ms left of the drafter's step in flight then, gap included).
     """
     f = plan["factor"]
     t_todo = [("none", plan["target_wait_ms"]), ("load", plan["target_lane_load_ms"]),
               ("preprocess", plan["target_lane_preprocess_ms"]), ("vision_encode", plan["target_vision_ms"]),
               ("prefill", plan["target_prefill_ms"])]  # "none": waiting for the CPU lane
-    d_todo = [("load", plan["drafter_load_ms"]), ("preprocess", plan["drafter_preprocess_ms"]),
-              ("vision_encode", plan["drafter_vision_ms"]), ("prefill", plan["drafter_prefill_ms"])]
-    d_todo += [("decode_step", plan["drafter_step_ms"])] * (b - 1)
+    # the drafter's items: (activity, alone ms, host phase of a draft step)
+    d_todo = [("load", plan["drafter_load_ms"], False), ("preprocess", plan["drafter_preprocess_ms"], False),
+              ("vision_encode", plan["drafter_vision_ms"], False), ("prefill", plan["drafter_prefill_ms"], False)]
+    gap, step = rules.pass_phases_ms(plan["drafter_step_ms"] + plan["drafter_gap_ms"], plan["drafter_gap_ms"])
+    d_todo += [("decode_step", gap, True), ("decode_step", step, False)] * (b - 1)
     now, drafts = 0.0, 0
     t_cur, d_cur = list(t_todo.pop(0)), list(d_todo.pop(0))
     while True:
         peer_d = d_cur[0] if d_cur is not None else "none"
         rt = rules.contended_rate_of(f, "target", t_cur[0], peer_d)
-        rd = rules.contended_rate_of(f, "drafter", peer_d, t_cur[0]) if d_cur else 1.0
+        rd = rules.contended_rate_of(f, "drafter", peer_d, t_cur[0]) if d_cur and not d_cur[2] else 1.0
         dt = min(t_cur[1] / rt, d_cur[1] / rd if d_cur else np.inf)
         now += dt
         t_cur[1] -= dt * rt
         if d_cur:
             d_cur[1] -= dt * rd
             if d_cur[1] <= 1e-9:
-                drafts += d_cur[0] in ("prefill", "decode_step")  # prefill drafts d1, each step one more
+                # prefill drafts d1, each step's GPU work one more
+                drafts += d_cur[0] in ("prefill", "decode_step") and not d_cur[2]
                 d_cur = list(d_todo.pop(0)) if d_todo else None
         if t_cur[1] <= 1e-9:
             if not t_todo:
-                return now, drafts, (d_cur[1] if d_cur and d_cur[0] == "decode_step" else 0.0)
+                return now, drafts, _step_left_ms(d_cur, step)
             t_cur = list(t_todo.pop(0))
+
+
+def _step_left_ms(d_cur, step_ms: float) -> float:
+    """Alone ms left of the drafter's draft step in flight (its GPU work still to come when in
+    its host gap); 0 when it is in no draft step."""
+    if not d_cur or d_cur[0] != "decode_step":
+        return 0.0
+    return d_cur[1] + step_ms if d_cur[2] else d_cur[1]
 
 
 def expected_latency_ms(plan: dict, b: int, n_tokens: int) -> float:
