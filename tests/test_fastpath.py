@@ -291,6 +291,26 @@ def test_serving_loop_gap_matches_simpy_and_adds_exactly(traces, strategy, n_gpu
     assert np.allclose(gapped - base, 19 * 0.5)
 
 
+def test_per_pass_loop_carries_a_draft_step_over_in_its_host_phase(traces, monkeypatch):
+    """Phase 2 (the per-pass loop) with host phases: a parallel_sd target pass can end while
+    the drafter is in a draft step's host gap or in its GPU work; both carry over and match SimPy."""
+    from egpt_sim.fast import window
+
+    seen = {"host": 0, "gpu": 0}
+    carry = window._Window.carry_step_over
+
+    def spy(self, B, infl, *args):
+        carry(self, B, infl, *args)
+        seen["host"] += int(self.dhost[B].sum())
+        seen["gpu"] += int((infl & ~self.dhost[B]).sum())
+
+    monkeypatch.setattr(window._Window, "carry_step_over", spy)
+    for gap in (0.4, 5.0):
+        assert_same(E.SimConfig(strategy="parallel_sd", n_gpus=1, output_tokens=60, gamma=8, acceptance=0.8,
+                                n_requests=30, seed=2, pass_gap_ms=gap), traces, aggregate=True)
+    assert seen["host"] > 0 and seen["gpu"] > 0, seen
+
+
 def test_pass_gap_draws_and_trace_default(traces):
     from egpt_sim.sim.runner import draw_bank
 

@@ -19,9 +19,10 @@ at rate 1 but seen by the peer as the pass, then its GPU work (``thost`` / ``dho
 2. :meth:`_Window.run_passes` — a lock-step loop over target passes. Within one pass
    nothing re-syncs, so the drafter's step in flight and the further steps it may take run
    back to back at the contended rate while the target runs
-   (:meth:`~_Window.drafter_steps_during_pass`, prefix sums of their works); then the pass
-   ends (:meth:`~_Window.end_pass`) and the step in flight carries over. Batches with host
-   phases stay in phase 1 (their rates alternate within a pass).
+   (:meth:`~_Window.drafter_steps_during_pass`, prefix sums of their wall times: a host
+   phase at rate 1, GPU work at the contended rate); then the pass ends
+   (:meth:`~_Window.end_pass`) and the step in flight carries over, in its host phase or its
+   GPU work.
 
 prefill_then_verify / adaptive_budget requests whose drafter has exited and whose target is
 in a decode step finish with a closed sum (:meth:`~_Window.finish_decoding`). The rules —
@@ -287,7 +288,7 @@ class _Window:
                 self.on_drafter_completions(de)
             if not self.keep_drafting:
                 self.n_done += self.finish_decoding()
-            if aggregate and not self.host_phases:  # phase 2 runs passes without host phases
+            if aggregate:
                 self.park()
 
     def advance_to_next_completion(self, one: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +329,8 @@ class _Window:
         on_gpu[a] = gpu
 
     def on_target_completions(self, te: np.ndarray) -> None:
-        pc, h = self.tpc[te], self.thost[te]  # before any handler starts a new pass
+        pc = self.tpc[te]
+        h = self.thost[te] & (pc == _T_PASS)  # before any handler starts a new pass (not parked)
         m = pc < 3
         if m.any():
             self._next_prefill_stage(te[m], pc[m], "target")
@@ -410,10 +412,13 @@ class _Window:
             self.dw[pk] = self.parked_dw[pk]
         A = np.flatnonzero(self.tpc == _T_PASS)
         while self.n_done < self.R:
-            T = self.tw[A].copy()  # pass end (from now) when the drafter is not on the GPU
+            T = self.tw[A] + self.tpend[A]  # pass end (from now) when the drafter is not on the GPU
             busy = self.dpc[A] == _D_STEP
             if busy.any():
-                T[busy] = self.drafter_steps_during_pass(A[busy], T[busy])
+                B = A[busy]
+                host = self.thost[B]
+                T[busy] = self.drafter_steps_during_pass(B, np.where(host, self.tw[B], 0.0),
+                                                         np.where(host, self.tpend[B], self.tw[B]))
             self.now[A] += T
             nd = self.end_pass(A)
             if not self.keep_drafting:
@@ -422,29 +427,38 @@ class _Window:
                 self.n_done += nd
                 A = np.flatnonzero(self.tpc == _T_PASS)
 
-    def drafter_steps_during_pass(self, B: np.ndarray, twB: np.ndarray) -> np.ndarray:
-        """Requests ``B`` (drafter in a step, target in a pass with ``twB`` work left): the
-        drafter runs its step in flight, then up to m more back to back (m = the draft limit
-        min(committed + cap, N) - drafter_pos; 0 once stopped), all at the contended rate while
-        the target runs. Books the drafter completions before the pass ends; the step in
-        flight then carries over. Returns the wall time to the end of the pass."""
+    def drafter_steps_during_pass(self, B: np.ndarray, host_t: np.ndarray, gpu_t: np.ndarray) -> np.ndarray:
+        """Requests ``B`` (drafter in a step, target in a pass with ``host_t`` ms of host phase
+        and ``gpu_t`` ms of GPU work left): the drafter runs its step in flight, then up to m
+        more back to back (m = the draft limit min(committed + cap, N) - drafter_pos; 0 once
+        stopped), GPU work at the contended rate while the target runs, host phases at 1.
+        Books the drafter completions before the pass ends; the step in flight then carries
+        over (:meth:`carry_step_over`). Returns the wall time to the end of the pass."""
         genok = self.step_gen[B] == self.generation[B]
         p1 = self.dpos[B] + genok
         m = np.where(self.stopped[B], 0,
                      np.maximum(0, rules.draft_limit(self.committed[B], self.cap_after[B], self.Nr[B]) - p1))
-        if self.shared:
-            rtc, rdc = self.rates(B)  # target pass beside a draft step
-            tmax = twB / rtc  # pass end if the drafter stays busy throughout
+        rtc, rdc = self.rates(B) if self.shared else (1.0, 1.0)  # target pass beside a draft step
+        tmax = host_t + gpu_t / rtc  # pass end if the drafter stays busy throughout
+        host0 = np.where(self.dhost[B], self.dw[B], 0.0)  # the step in flight: host phase left, GPU work left
+        gpu0 = np.where(self.dhost[B], self.dpend[B], self.dw[B])
+        # alone drafter work that can end within tmax (a host phase runs at 1, GPU work at rdc)
+        reach = tmax * (np.maximum(rdc, 1.0) if self.host_phases else rdc)
+        cum, kb, _ = self._step_work_prefix(B, m, host0 + gpu0, reach)
+        r = np.reshape(rdc, (-1, 1))
+        if self.host_phases:  # drafter completions, wall ms from now
+            hosts, gpus = self._step_phases(cum, host0, gpu0)
+            wall = np.cumsum(hosts + gpus / r, axis=1)
         else:
-            rdc, tmax = 1.0, twB
-        cum, kb, busy_work = self._step_work_prefix(B, m, tmax * rdc)
-        if self.shared:
-            bw = busy_work / rdc  # wall time the drafter stays on the GPU
-            Tb = np.where(tmax <= bw, tmax, bw + (twB - bw * rtc))
-            q = (cum / rdc[:, None] < Tb[:, None]).sum(axis=1)  # drafter completions before the pass end
+            gpus, wall = None, cum / r
+        nb = np.arange(B.size)
+        bw = wall[nb, np.minimum(m, kb)]  # the drafter stays busy this long
+        if self.shared:  # after bw the target runs alone: its host phase left, then its GPU work left
+            Tb = np.where(tmax <= bw, tmax, bw + (np.maximum(0.0, host_t - bw)
+                                                 + (gpu_t - np.maximum(0.0, bw - host_t) * rtc)))
         else:
             Tb = tmax
-            q = (cum < Tb[:, None]).sum(axis=1)
+        q = (wall < Tb[:, None]).sum(axis=1)  # drafter completions before the pass end
         d0 = q >= 1
         v0 = d0 & genok
         self.wasted[B] += d0 & ~genok
@@ -452,20 +466,44 @@ class _Window:
         self.dpos[B] += inc
         self.drafted[B] += inc
         self.dsteps[B] += np.minimum(q, m)
-        infl = q <= m
-        rem = cum[np.arange(B.size), np.minimum(q, kb)] - Tb * rdc
-        self.dw[B] = np.where(infl, rem, np.inf)
-        self.step_gen[B] = np.where(infl & d0, self.generation[B], self.step_gen[B])
-        self.dpc[B] = np.where(infl, _D_STEP, np.where(self.stopped[B], _D_EXIT, _D_IDLE))
-        self.dgpu[B] = infl
+        self.carry_step_over(B, q <= m, np.minimum(q, kb), cum, wall, gpus, Tb, rdc)
+        self.step_gen[B] = np.where((q <= m) & d0, self.generation[B], self.step_gen[B])
         return Tb
 
-    def _step_work_prefix(self, B: np.ndarray, m: np.ndarray, reach: np.ndarray):
-        """Prefix sums of the drafter's work from now: column 0 the step in flight, column i
-        + i further steps (at most ``m``; inf beyond). Only steps that can finish within the
-        longest ``reach`` of drafter work matter: ``kb`` columns. Returns (cum, kb, work of
-        the whole busy stretch)."""
-        dwB = self.dw[B]
+    def carry_step_over(self, B, infl, c, cum, wall, gpus, Tb, rdc) -> None:
+        """The drafter's state at its target's pass end ``Tb``: in the step of column ``c``
+        (``infl``; in its host phase or its GPU work), else waiting or gone."""
+        nb = np.arange(B.size)
+        if self.host_phases:
+            left = wall[nb, c] - Tb  # wall ms left of the step in flight
+            gpu_left = gpus[nb, c] / rdc
+            in_host = infl & (left > gpu_left)
+            with np.errstate(invalid="ignore"):  # inf - inf where no step is in flight
+                work = np.where(in_host, left - gpu_left, np.minimum(left, gpu_left) * rdc)
+            self.dpend[B] = np.where(in_host, gpus[nb, c], 0.0)
+        else:
+            in_host = np.zeros(B.size, dtype=bool)
+            work = cum[nb, c] - Tb * rdc
+        self.dw[B] = np.where(infl, work, np.inf)
+        self.dhost[B] = in_host
+        self.dpc[B] = np.where(infl, _D_STEP, np.where(self.stopped[B], _D_EXIT, _D_IDLE))
+        self.dgpu[B] = infl & ~in_host
+
+    def _step_phases(self, cum: np.ndarray, host0: np.ndarray, gpu0: np.ndarray):
+        """(host ms, GPU work ms) of each column of :meth:`_step_work_prefix`'s prefix sums:
+        column 0 the step in flight (``host0``, ``gpu0`` left), the others whole draft steps
+        (inf past the draft limit), each its host gap first (:func:`rules.pass_phases_ms`)."""
+        with np.errstate(invalid="ignore"):
+            steps = np.diff(cum, axis=1)
+        steps[np.isnan(steps)] = np.inf  # inf - inf past the limit
+        host = np.where(np.isfinite(steps), np.minimum(self.gap_d, steps), 0.0)
+        return np.column_stack([host0, host]), np.column_stack([gpu0, steps - host])
+
+    def _step_work_prefix(self, B: np.ndarray, m: np.ndarray, dwB: np.ndarray, reach: np.ndarray):
+        """Prefix sums of the drafter's alone work from now: column 0 the step in flight
+        (``dwB`` left), column i + i further steps (at most ``m``; inf beyond). Only steps that
+        can finish within the longest ``reach`` of drafter work matter: ``kb`` columns. Returns
+        (cum, kb, work of the whole busy stretch)."""
         mmax = int(m.max())
         if not mmax:
             return dwB[:, None], 0, dwB
