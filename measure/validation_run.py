@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from measure.errors import one_line
 from measure.executor import STRATEGIES, Executor, ProcessExecutor, mismatch_gaps
 
 RESULTS, TIMELINE, PARTS = "executor_results", "executor_timeline", "executor_parts"
+MONITOR = "gpu_monitor.csv"  # nvidia-smi clocks, temperature and power once a second (scripts/gpu_h200.sh)
 
 
 @dataclass(frozen=True)
@@ -495,7 +497,8 @@ def merge(dest: str | Path, *sources: str | Path) -> Path:
 
     Every call records acceptance for all its samples up front, so sample ranges of acceptance
     runs may overlap: a later source's rows replace an earlier one's for the same (run, sample,
-    block, position) -- the executor of that later call replayed exactly those.
+    block, position) -- the executor of that later call replayed exactly those. A source's
+    ``gpu_monitor.csv`` is kept as ``gpu_monitor_<source folder name>.csv``.
     """
     dest = Path(dest)
     tables = ((schema.STAGE_TIMINGS_FILE, schema.STAGE_TIMINGS_FILE, None),
@@ -523,6 +526,9 @@ def merge(dest: str | Path, *sources: str | Path) -> Path:
                 top[key] = value if key not in top else (
                     f"{top[key]} | {value}" if key == "note" and value not in str(top[key]) else top[key])
     schema.write_metadata(dest, runs, **top)
+    for s in sources:  # each call's GPU clock log (scripts/gpu_h200.sh), named after its folder
+        if (Path(s) / MONITOR).exists():
+            shutil.copyfile(Path(s) / MONITOR, dest / f"{Path(MONITOR).stem}_{Path(s).name}.csv")
     return dest
 
 

@@ -130,6 +130,9 @@ def test_merge_keeps_labels_notes_and_both_entries_of_a_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     schema.write_metadata(a, {"acc": {"tail": 0.9}, "executor-0-8": {}}, label="grid", note="first call")
     schema.write_metadata(b, {"acc": {"tail": 0.2}, "executor-9-19": {}}, label="grid", note="top-up")
+    (b / "gpu_monitor.csv").write_text("timestamp, index, clocks.sm [MHz]\n")
     meta = schema.read_metadata(merge(tmp_path / "m", a, b))
     assert meta["label"] == "grid" and meta["note"] == "first call | top-up"
     assert {"acc", "acc@b", "executor-0-8", "executor-9-19"} <= set(meta["runs"])
+    assert (tmp_path / "m" / "gpu_monitor_b.csv").read_text().startswith("timestamp")  # the call's clock log kept
+    assert not (tmp_path / "m" / "gpu_monitor_a.csv").exists()
